@@ -1,0 +1,3 @@
+from ctr.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command-line layer: parses, calls the engine, renders. No business logic."""

@@ -1,0 +1,87 @@
+"""The entry point: one typer app per noun, assembled here; errors become one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctr import __version__
+from ctr.cli import containers, images, system
+from ctr.cli.common import G
+
+app = typer.Typer(
+    name="ctr",
+    help="Run any command in a throwaway copy-on-write layer, and see exactly what it changed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ctr version {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    root: Optional[Path] = typer.Option(None, "--root", help="State directory (default: $CTR_ROOT, else the user data dir)", envvar="CTR_ROOT"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and the helper commands ctr runs"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version"),
+) -> None:
+    G.root = root
+    G.debug = debug
+    if debug:
+        os.environ["CTR_DEBUG"] = "1"
+
+
+containers.register(app)
+app.command("info")(system.info)
+app.add_typer(images.app, name="image")
+app.add_typer(system.app, name="system")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    import click
+
+    from ctr import output
+    from ctr.errors import CtrError
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ctr", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("Aborted!\n")
+        return 130
+    except CtrError as e:
+        if G.debug:
+            import traceback
+
+            traceback.print_exc()
+        output.error(e.message, e.hint)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        from ctr.cli.common import reset
+
+        sys.stdout.flush()
+        reset()

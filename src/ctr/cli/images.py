@@ -1,0 +1,104 @@
+"""`ctr image …`: import, ls, inspect, rm."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ctr.cli.common import FORMAT_HELP, check_format, ctx, fail_if_any
+
+app = typer.Typer(help="Manage images.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="A directory, or a tar archive (plain, gzip, bzip2, xz); - for stdin"),
+    name: Optional[str] = typer.Argument(None, help="NAME[:TAG] to give the image"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the image id"),
+) -> None:
+    """Import a root filesystem as a new image."""
+    from ctr import output
+    from ctr.engine import images as ie
+
+    report = ie.import_image(ctx(), source, name)
+    if not quiet:
+        for note in report.skipped[:20]:
+            output.warn(note)
+        if len(report.skipped) > 20:
+            output.warn(f"… and {len(report.skipped) - 20} more entries skipped")
+    print(report.image.id)
+
+
+def _image_item(img) -> dict:
+    return {
+        "Id": img.id,
+        "Names": img.names,
+        "Layers": img.layers,
+        "Created": img.created or None,
+        "Size": img.size,
+        "Builtin": img.builtin,
+        "Config": img.config.__dict__,
+        "Source": img.source,
+    }
+
+
+@app.command("ls")
+def ls(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only display image ids"),
+    no_trunc: bool = typer.Option(False, "--no-trunc", help="Do not truncate ids"),
+    format: str = typer.Option("table", "--format", help=FORMAT_HELP),
+) -> None:
+    """List images (the built-in `host` first)."""
+    from ctr import output
+    from ctr.engine import images as ie
+    from ctr.models import short
+
+    check_format(format)
+    images = ie.list_images(ctx())
+    if quiet:
+        for img in images:
+            print(img.id if no_trunc else short(img.id))
+        return
+    rows = []
+    for img in images:
+        names = img.names or ["<none>:<none>"]
+        for n in names:
+            repo, _, tag = n.rpartition(":") if ":" in n else (n, "", "")
+            if img.builtin:
+                repo, tag = n, "-"
+            rows.append([repo, tag, img.id if no_trunc else short(img.id),
+                         output.ago(img.created) if img.created else "-",
+                         "-" if img.builtin else output.human_size(img.size)])
+    output.emit(format, [_image_item(i) for i in images], ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+
+
+@app.command("inspect")
+def inspect(
+    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix"),
+    format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
+) -> None:
+    """Show the full record of one or more images."""
+    from ctr import output
+    from ctr.engine import images as ie
+
+    check_format(format, ("json", "yaml"))
+    items = [_image_item(ie.get_image(ctx(), ref)) for ref in images]
+    output.emit(format, items, [], [])
+
+
+@app.command("rm")
+def rm(
+    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix"),
+    force: bool = typer.Option(False, "--force", "-f", help="Also remove containers that use the image"),
+) -> None:
+    """Remove images (refused while a container uses one, unless -f)."""
+    from ctr.engine import images as ie
+
+    reports = ie.remove_images(ctx(), list(images), force=force)
+    for r in reports:
+        for n in r.untagged:
+            print(f"Untagged: {n}")
+        if r.deleted:
+            print(f"Deleted: {r.deleted}")
+    fail_if_any(reports)

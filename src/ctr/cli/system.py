@@ -1,0 +1,49 @@
+"""`ctr info` and `ctr system …`: the store and the drivers on this host."""
+
+from __future__ import annotations
+
+import typer
+
+from ctr.cli.common import check_format, ctx
+
+app = typer.Typer(help="Inspect and maintain ctr on this host.", no_args_is_help=True)
+
+
+def info(format: str = typer.Option("table", "--format", help="table, json or yaml")) -> None:
+    """Show the store and every driver: usable here or not, why, and the fix."""
+    from ctr import __version__, output
+    from ctr.drivers import all_drivers
+
+    check_format(format, ("table", "json", "yaml"))
+    c = ctx()
+    drivers = []
+    for d in all_drivers():
+        av = d.availability()
+        drivers.append({
+            "Isolation": d.isolation, "Driver": d.name, "Usable": av.usable, "Emulated": d.emulated,
+            "Reason": av.reason, "Fix": av.fix, "Summary": d.summary,
+        })
+    data = {
+        "Version": __version__,
+        "Store": {"Root": str(c.store.root), "Containers": len(c.store.container_ids()),
+                  "Images": len(c.store.image_ids()) + 1},
+        "Config": {"Path": str(c.config.path) if c.config.path else None, "Isolation": c.config.isolation,
+                   "Drivers": c.config.drivers},
+        "Drivers": drivers,
+    }
+    if format != "table":
+        output.emit(format, [data], [], [], single=True)
+        return
+    print(f"ctr {__version__}")
+    print(f"Store: {data['Store']['Root']} ({data['Store']['Containers']} containers, {data['Store']['Images']} images)")
+    print(f"Config: {data['Config']['Path'] or 'none (defaults)'}")
+    print()
+    rows = []
+    for d in drivers:
+        state = "yes" if d["Usable"] else "no"
+        detail = d["Reason"] + (f" — fix: {d['Fix']}" if d["Fix"] and not d["Usable"] else "")
+        rows.append([d["Isolation"], d["Driver"] + (" (emulated)" if d["Emulated"] else ""), state, detail])
+    output.table(["ISOLATION", "DRIVER", "USABLE", "DETAIL"], rows)
+
+
+app.command("info")(info)

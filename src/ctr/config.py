@@ -1,0 +1,92 @@
+"""User configuration: `$CTR_CONFIG`, else config.yaml in the platform config dir.
+
+Keys (all optional):
+
+    isolation: process            # default --isolation
+    drivers:                      # driver per isolation level
+      process: overlay
+      hyperv: microvm
+      vm: qemu
+    kernel: /path/to/vmlinuz      # guest kernel for the qemu drivers
+    qemu: /usr/bin/qemu-system-x86_64
+    memory: 512m                  # default utility-VM / VM memory
+    cpus: 1
+    hyperv_runtime_class: kata    # runtimeClassName emitted by `ctr kube generate`
+    diff_ignore: []               # glob patterns `ctr diff` leaves out
+
+yaml is imported only when a config file exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctr.errors import CtrError
+
+KNOWN_KEYS = {
+    "isolation", "drivers", "kernel", "qemu", "memory", "cpus",
+    "hyperv_runtime_class", "diff_ignore",
+}
+
+
+@dataclass
+class Config:
+    isolation: str = "process"
+    drivers: dict[str, str] = field(default_factory=dict)
+    kernel: str | None = None
+    qemu: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    hyperv_runtime_class: str = "kata"
+    diff_ignore: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+
+def config_path() -> Path:
+    env = os.environ.get("CTR_CONFIG")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("ctr", appauthor=False)) / "config.yaml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Config()
+    except OSError as e:
+        raise CtrError(f"cannot read config {path}: {e.strerror}") from e
+    import yaml
+
+    try:
+        data: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise CtrError(f"config {path} is not valid YAML: {e}".splitlines()[0]) from e
+    if not isinstance(data, dict):
+        raise CtrError(f"config {path} must be a mapping of keys to values")
+    unknown = set(data) - KNOWN_KEYS
+    if unknown:
+        raise CtrError(
+            f"config {path}: unknown key {sorted(unknown)[0]!r}",
+            hint="known keys: " + ", ".join(sorted(KNOWN_KEYS)),
+        )
+    drivers = data.get("drivers") or {}
+    if not isinstance(drivers, dict):
+        raise CtrError(f"config {path}: 'drivers' must map an isolation level to a driver")
+    return Config(
+        isolation=str(data.get("isolation", "process")),
+        drivers={str(k): str(v) for k, v in drivers.items()},
+        kernel=data.get("kernel"),
+        qemu=data.get("qemu"),
+        memory=None if data.get("memory") is None else str(data["memory"]),
+        cpus=None if data.get("cpus") is None else float(data["cpus"]),
+        hyperv_runtime_class=str(data.get("hyperv_runtime_class", "kata")),
+        diff_ignore=list(data.get("diff_ignore") or []),
+        path=path,
+    )

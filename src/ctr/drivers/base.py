@@ -1,0 +1,99 @@
+"""The one small interface every driver implements."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ctr.launch import Launch, MountOp
+
+if TYPE_CHECKING:
+    from ctr.changes import Change
+    from ctr.models import Container, Image
+    from ctr.store import Store
+
+
+@dataclass
+class Availability:
+    usable: bool
+    reason: str = ""  # why not (or what is notable when usable)
+    fix: str = ""  # how to make it usable
+    notes: list[str] = field(default_factory=list)
+
+
+class Driver:
+    """How one isolation level is realised on this host.
+
+    `prepare` builds the container's directories (inside a tmp/ directory the store then
+    renames into place), `launch` returns the plan as data, `run` carries it out, `changes`
+    reports what the workload changed, `cleanup` undoes anything outside the container's
+    directory (mounts, processes) before the store deletes it.
+    """
+
+    name = ""
+    isolation = ""
+    emulated = False  # realises its isolation level by emulation (says so everywhere)
+    summary = ""
+    cannot_capture: tuple[str, ...] = ()
+
+    def availability(self) -> Availability:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def prepare(self, store: "Store", ctr_dir: Path, container: "Container", image: "Image") -> None:
+        raise NotImplementedError
+
+    def launch(self, store: "Store", container: "Container", image: "Image") -> Launch:
+        raise NotImplementedError
+
+    def run(self, store: "Store", container: "Container", image: "Image", on_start=None) -> int:
+        from ctr import proc
+
+        started = proc.start(self.launch(store, container, image))
+        if on_start:
+            on_start(started)
+        return proc.wait(started)
+
+    def changes(self, store: "Store", container: "Container", image: "Image") -> list["Change"]:
+        raise NotImplementedError
+
+    def cleanup(self, store: "Store", container: "Container") -> None:
+        from ctr import proc
+
+        for mp in proc.mounts_under(store.container_dir(container.id)):
+            try:
+                proc.umount(mp)
+            except OSError:
+                pass
+
+
+def volume_mounts(container: "Container") -> list[MountOp]:
+    return [
+        MountOp(m.target, m.source, None, ("bind", "rec") + (("ro",) if m.readonly else ()),
+                kind="dir" if os.path.isdir(m.source) else "file")
+        for m in container.config.mounts
+    ]
+
+
+def userns_usable() -> tuple[bool, str]:
+    """Can this (non-root) user create a user namespace?"""
+    try:
+        if Path("/proc/sys/kernel/unprivileged_userns_clone").read_text().strip() == "0":
+            return False, "kernel.unprivileged_userns_clone is 0"
+    except OSError:
+        pass
+    try:
+        if int(Path("/proc/sys/user/max_user_namespaces").read_text()) == 0:
+            return False, "user.max_user_namespaces is 0"
+    except OSError:
+        pass
+    return True, ""
+
+
+def filesystem_supported(name: str) -> bool:
+    try:
+        text = Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+    return any(line.split()[-1] == name for line in text.splitlines() if line.strip())

@@ -1,0 +1,1 @@
+"""Use cases. Each returns plain data; none imports typer or rich."""

@@ -1,0 +1,350 @@
+"""Container use cases: run, ps, inspect, diff, rm."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ctr.changes import Change
+from ctr.drivers import Driver, get_driver, select_driver
+from ctr.engine.context import Context
+from ctr.engine.images import get_image
+from ctr.engine.refs import resolve
+from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
+from ctr.launch import container_env
+from ctr.models import Container, Image, Mount, RunConfig, State, now_iso
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ADJ = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+        "nifty", "proud", "quirky", "sharp", "tender", "vivid", "witty", "zen", "bold", "cool")
+_NOUN = ("babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler", "lovelace",
+         "meitner", "noether", "pascal", "ritchie", "shannon", "turing", "wiles", "yonath", "hodgkin")
+
+
+# ----------------------------------------------------------------------------- records
+def _load(ctx: Context, cid: str) -> Container | None:
+    data = ctx.store.read_container(cid)
+    return Container.from_dict(data) if data else None
+
+
+def update(ctx: Context, cid: str, fn: Callable[[Container], None]) -> Container | None:
+    """Read-modify-write of one record under the store lock; None if it is gone."""
+    with ctx.store.locked():
+        c = _load(ctx, cid)
+        if c is None:
+            return None
+        fn(c)
+        try:
+            ctx.store.write_container(cid, c.to_dict())
+        except FileNotFoundError:
+            return None
+        return c
+
+
+def reconcile(ctx: Context, c: Container) -> Container:
+    """A container recorded as running whose process is gone is recorded as exited."""
+    from ctr import proc
+
+    if c.state == State.RUNNING.value and not proc.pid_alive(c.pid, c.pid_start):
+        def mark(x: Container) -> None:
+            if x.state == State.RUNNING.value and not proc.pid_alive(x.pid, x.pid_start):
+                x.state = State.EXITED.value
+                x.finished = x.finished or now_iso()
+                if x.exit_code is None:
+                    x.error = x.error or "the container's process ended without ctr recording its exit"
+        return update(ctx, c.id, mark) or c
+    return c
+
+
+def list_containers(ctx: Context, all: bool = True) -> list[Container]:
+    out = []
+    for cid in ctx.store.container_ids():
+        c = _load(ctx, cid)
+        if c is None:
+            continue
+        c = reconcile(ctx, c)
+        if all or c.state == State.RUNNING.value:
+            out.append(c)
+    out.sort(key=lambda c: c.created, reverse=True)
+    return out
+
+
+def get_container(ctx: Context, ref: str) -> Container:
+    return resolve(ref, list_containers(ctx), lambda c: c.id, lambda c: [c.name], "container")
+
+
+def latest(ctx: Context) -> Container:
+    cs = list_containers(ctx)
+    if not cs:
+        raise NotFound("no containers to choose the latest from")
+    return cs[0]
+
+
+# ----------------------------------------------------------------------------- run
+@dataclass
+class RunOptions:
+    image: str
+    command: list[str]
+    name: str | None = None
+    isolation: str | None = None
+    driver: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    user: str | None = None
+    interactive: bool = False
+    tty: bool = False
+    remove: bool = False
+    hostname: str | None = None
+    memory: int | None = None
+    cpus: float | None = None
+
+
+def parse_volume(spec: str) -> Mount:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"invalid volume {spec!r}", hint="use -v SRC:DST[:ro|rw] with absolute paths")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid volume mode {mode!r} in {spec!r}", hint="use ro or rw")
+    if not os.path.isabs(dst) or ".." in dst.split("/"):
+        raise InvalidArgument(f"volume target {dst!r} must be an absolute path without '..'")
+    src = os.path.abspath(src)
+    if not os.path.exists(src):
+        raise NotFound(f"volume source {src} does not exist", hint="create it first, or fix the path")
+    return Mount(source=src, target=os.path.normpath(dst), readonly=mode == "ro")
+
+
+def parse_env(items: list[str], files: list[str]) -> list[str]:
+    out = []
+    for path in files:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise NotFound(f"cannot read env file {path}: {e.strerror}") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            out.append(_env_item(line, f"{path}:{n}"))
+    for item in items:
+        out.append(_env_item(item, "-e"))
+    return [x for x in out if x is not None]
+
+
+def _env_item(item: str, where: str) -> str | None:
+    key, sep, value = item.partition("=")
+    if not key or any(c.isspace() for c in key):
+        raise InvalidArgument(f"invalid environment variable {item!r} ({where})", hint="use KEY=VALUE")
+    if not sep:  # docker: KEY alone takes the value from ctr's own environment
+        return f"{key}={os.environ[key]}" if key in os.environ else None
+    return item
+
+
+def _generate_name(taken: set[str]) -> str:
+    for _ in range(100):
+        n = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
+        if n not in taken:
+            return n
+    return f"ctr_{secrets.token_hex(4)}"
+
+
+def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
+    """Validate everything, then build the container under tmp/ and install its record."""
+    if not opts.command:
+        pass
+    if opts.name is not None and not NAME_RE.match(opts.name):
+        raise InvalidArgument(f"invalid container name {opts.name!r}",
+                              hint="names start with a letter or digit, then [a-zA-Z0-9_.-]")
+    image = get_image(ctx, opts.image)
+    command = list(opts.command) or list(image.config.entrypoint + image.config.cmd)
+    if not command:
+        raise InvalidArgument(f"no command given and image {opts.image} has no default command",
+                              hint=f"ctr run {opts.image} COMMAND [ARG...]")
+    if image.config.entrypoint and opts.command:
+        command = list(image.config.entrypoint) + list(opts.command)
+    if opts.workdir is not None and not opts.workdir.startswith("/"):
+        raise InvalidArgument(f"working directory {opts.workdir!r} must be absolute")
+    mounts = [parse_volume(v) for v in opts.volumes]
+    user_env = parse_env(opts.env, opts.env_files)
+    isolation = opts.isolation or ctx.config.isolation or "process"
+    driver = select_driver(isolation, opts.driver, ctx.config.drivers.get(isolation))
+    cid = secrets.token_hex(32)
+    hostname = opts.hostname or cid[:12]
+    env = container_env(image.config.env, user_env, hostname, opts.tty)
+    config = RunConfig(
+        command=command,
+        env=[f"{k}={v}" for k, v in env.items()],
+        workdir=opts.workdir or image.config.workdir or "/",
+        user=opts.user if opts.user is not None else image.config.user,
+        mounts=mounts,
+        interactive=opts.interactive,
+        tty=opts.tty,
+        hostname=hostname,
+        memory=opts.memory,
+        cpus=opts.cpus,
+    )
+    c = Container(
+        id=cid, name=opts.name or "", image=image.id, image_name=opts.image,
+        isolation=isolation, driver=driver.name, config=config, auto_remove=opts.remove,
+        emulated=driver.emulated,
+    )
+    store = ctx.store
+    built = store.new_tmp("create")
+    try:
+        driver.prepare(store, built, c, image)
+        with store.locked():
+            taken = {x.name for x in _all_records(ctx)}
+            if opts.name is None:
+                c.name = _generate_name(taken)
+            elif opts.name in taken:
+                raise Conflict(f"the container name {opts.name!r} is already in use",
+                               hint=f"remove it with `ctr rm {opts.name}`, or choose another --name")
+            from ctr.store.records import write_json
+
+            write_json(built / "container.json", c.to_dict())
+            store.install_container(cid, built)
+    except BaseException:
+        from ctr.store.store import remove_path
+
+        remove_path(built)
+        raise
+    return c, image, driver
+
+
+def _all_records(ctx: Context) -> list[Container]:
+    out = []
+    for cid in ctx.store.container_ids():
+        c = _load(ctx, cid)
+        if c is not None:
+            out.append(c)
+    return out
+
+
+def run(ctx: Context, opts: RunOptions) -> tuple[Container, int]:
+    """Create and run in the foreground; returns the record and the workload's exit code."""
+    c, image, driver = create(ctx, opts)
+    return c, start_foreground(ctx, c, image, driver)
+
+
+def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -> int:
+    from ctr import proc
+
+    def on_start(started: "proc.Started") -> None:
+        def mark(x: Container) -> None:
+            x.state = State.RUNNING.value
+            x.pid, x.pid_start = started.pid, started.start_time
+            x.started, x.finished, x.exit_code, x.error = now_iso(), None, None, ""
+        update(ctx, c.id, mark)
+
+    code: int | None = None
+    error = ""
+    try:
+        code = driver.run(ctx.store, c, image, on_start=on_start)
+        return code
+    except CtrError as e:
+        code = getattr(e, "exit_code", 125)
+        code = code if code in (125, 126, 127) else 125
+        e.exit_code = code
+        error = e.message
+        raise
+    finally:
+        def done(x: Container) -> None:
+            x.state = State.EXITED.value
+            x.exit_code = code if code is not None else x.exit_code
+            x.finished = now_iso()
+            x.error = error
+            x.started = x.started or x.finished
+        update(ctx, c.id, done)
+        if c.auto_remove:
+            remove_containers(ctx, [c.id], force=True)
+
+
+# ----------------------------------------------------------------------------- diff / inspect
+def diff(ctx: Context, ref: str) -> list[Change]:
+    c = get_container(ctx, ref)
+    image = get_image(ctx, c.image)
+    changes = get_driver(c.isolation, c.driver).changes(ctx.store, c, image)
+    if ctx.config.diff_ignore:
+        import fnmatch
+
+        changes = [ch for ch in changes
+                   if not any(fnmatch.fnmatch(ch.path, pat) for pat in ctx.config.diff_ignore)]
+    return changes
+
+
+def inspect(ctx: Context, ref: str) -> dict:
+    c = get_container(ctx, ref)
+    d = c.to_dict()
+    d["paths"] = {"dir": str(ctx.store.container_dir(c.id))}
+    try:
+        drv = get_driver(c.isolation, c.driver)
+        d["driver_info"] = {"summary": drv.summary, "emulated": drv.emulated,
+                            "cannot_capture": list(drv.cannot_capture)}
+    except CtrError:
+        pass
+    return d
+
+
+# ----------------------------------------------------------------------------- rm
+@dataclass
+class RemoveResult:
+    ref: str
+    id: str | None = None
+    error: CtrError | None = None
+
+
+def remove_containers(ctx: Context, refs: list[str], force: bool = False) -> list[RemoveResult]:
+    """Remove each container; one result per reference, carrying on after a failure."""
+    results = []
+    for ref in refs:
+        try:
+            results.append(RemoveResult(ref, _remove_one(ctx, ref, force)))
+        except CtrError as e:
+            results.append(RemoveResult(ref, None, e))
+    return results
+
+
+def _remove_one(ctx: Context, ref: str, force: bool) -> str:
+    from ctr import proc
+
+    c = get_container(ctx, ref)
+    if c.state == State.RUNNING.value:
+        if not force:
+            raise Conflict(f"cannot remove running container {ref}",
+                           hint="stop it first, or use `ctr rm -f`")
+        _kill_and_wait(c.pid, c.pid_start)
+    if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
+        return c.id  # someone else removed it meanwhile
+    try:
+        get_driver(c.isolation, c.driver).cleanup(ctx.store, c)
+    except CtrError:
+        pass
+    ctx.store.discard_container(c.id)
+    return c.id
+
+
+def _kill_and_wait(pid: int | None, start: int | None, timeout: float = 10.0) -> None:
+    from ctr import proc
+
+    if not proc.pid_alive(pid, start):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while proc.pid_alive(pid, start) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # type: ignore[arg-type]
+        except ChildProcessError:
+            pass
+        time.sleep(0.01)

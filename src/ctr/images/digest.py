@@ -1,0 +1,42 @@
+"""Content digests (`sha256:<hex>`) and a reader that computes one while streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, BinaryIO
+
+
+class HashingReader:
+    """Wraps a binary stream; every byte read passes through sha256."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end (tar streams may have padding after the end-of-archive blocks)."""
+        while self.read(1 << 20):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def digest_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+HOST_IMAGE_ID = digest_bytes(b"ctr builtin image: the host root filesystem")

@@ -1,0 +1,602 @@
+"""The only module that runs subprocesses, forks, execs or calls namespace syscalls.
+
+`execute(launch)` forks a child that enters the namespaces and root a `Launch` describes and
+execs the workload; the parent waits and returns the workload's exit code in docker's
+convention (n, 128+signal, 126 cannot invoke, 127 not found). A failure of ctr's own setup in
+the child comes back through a close-on-exec pipe and is raised as `SetupError` (exit 125).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ctr.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_SIGNAL_BASE, CtrError
+from ctr.launch import Launch, MountOp
+
+CLONE = {
+    "mnt": 0x00020000,
+    "uts": 0x04000000,
+    "ipc": 0x08000000,
+    "user": 0x10000000,
+    "pid": 0x20000000,
+    "net": 0x40000000,
+    "cgroup": 0x02000000,
+}
+MS = {
+    "ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32, "bind": 4096,
+    "move": 8192, "rec": 16384, "private": 1 << 18, "slave": 1 << 19,
+}
+MNT_DETACH = 2
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+SYS_PIVOT_ROOT = 155  # x86_64
+SYS_SETNS = 308
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def unshare(names: Sequence[str]) -> None:
+    flags = 0
+    for n in names:
+        flags |= CLONE[n]
+    if flags:
+        _check(libc().unshare(flags), "unshare(" + ",".join(names) + ")")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        libc().mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                     flags, data.encode() if data else None),
+        f"mount {fstype or 'bind'} on {target}",
+    )
+
+
+def umount(target: str, detach: bool = True) -> None:
+    _check(libc().umount2(target.encode(), MNT_DETACH if detach else 0), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(libc().syscall(SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def mount_flags(names: Sequence[str]) -> int:
+    f = 0
+    for n in names:
+        f |= MS[n]
+    return f
+
+
+def pid_start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[19])
+
+
+def pid_alive(pid: int | None, start: int | None = None) -> bool:
+    if not pid:
+        return False
+    st = pid_start_time(pid)
+    if st is None:
+        return False
+    # a zombie is as good as gone
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        if data[data.rfind(b")") + 2:].split()[0] == b"Z":
+            return False
+    except OSError:
+        return False
+    return start is None or st == start
+
+
+def exit_code_from_status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return EXIT_SIGNAL_BASE - code if code < 0 else code
+
+
+# --------------------------------------------------------------------------- subprocesses
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
+        env: dict[str, str] | None = None, timeout: float | None = None) -> Completed:
+    """Run a helper command with a clean environment and stdin from /dev/null."""
+    if os.environ.get("CTR_DEBUG"):
+        print("+ " + " ".join(argv), file=sys.stderr)
+    try:
+        p = subprocess.run(
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout,
+            env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError as e:
+        raise CtrError(f"{argv[0]}: command not found", hint=f"install {argv[0]}") from e
+    except subprocess.TimeoutExpired as e:
+        raise CtrError(f"{argv[0]} did not finish within {timeout:g}s") from e
+    if check and p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        raise CtrError(f"{argv[0]} failed with exit code {p.returncode}: {msg[-1] if msg else ''}")
+    return Completed(p.returncode, p.stdout, p.stderr)
+
+
+# --------------------------------------------------------------------------- the child side
+class SetupError(CtrError):
+    """ctr could not prepare the container (exit 125)."""
+
+    exit_code = 125
+
+
+class InvokeError(CtrError):
+    """The workload's command could not be started (126) or was not found (127)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
+
+
+def _open_in_root(root_fd: int, rel: str, kind: str) -> int:
+    """Open (creating if missing) `rel` under root_fd, one component at a time, never
+    following a symlink. Returns an O_PATH descriptor usable as /proc/self/fd/N."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise OSError(errno.EINVAL, f"'..' in {rel}")
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if last and kind == "file":
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                else:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise OSError(errno.ELOOP, f"{'/' + '/'.join(parts[:i + 1])} is a symlink; ctr will not mount through it")
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            if not last or kind == "dir":
+                flags |= os.O_DIRECTORY
+            nfd = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _do_mount(op: MountOp, root: str | None, root_fd: int | None) -> None:
+    flags = mount_flags([f for f in op.flags if f != "ro" or "bind" not in op.flags])
+    fd = None
+    if op.in_root and root is not None:
+        assert root_fd is not None
+        fd = _open_in_root(root_fd, op.target, op.kind)
+        target = f"/proc/self/fd/{fd}"
+    else:
+        target = op.target
+        if op.kind == "dir":
+            os.makedirs(target, exist_ok=True)
+    try:
+        mount(op.source, target, op.fstype, flags, op.data)
+        if "bind" in op.flags and "ro" in op.flags:
+            # read-only bind: a remount, keeping the flags the kernel locked on the source
+            keep = 0
+            sv = os.statvfs(target)
+            for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec")):
+                if sv.f_flag & bit:
+                    keep |= MS[name]
+            mount("none", target, None, MS["bind"] | MS["remount"] | MS["ro"] | keep | (flags & MS["rec"]))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _lookup_user(spec: str) -> tuple[int, int]:
+    """uid[:gid] or name[:group], names looked up in the (new) root's /etc/passwd, /etc/group."""
+    user, _, group = spec.partition(":")
+
+    def lookup(name: str, path: str, idx_gid: bool) -> tuple[int, int | None]:
+        if name.isdigit():
+            return int(name), None
+        try:
+            with open(path) as f:
+                for line in f:
+                    fields = line.rstrip("\n").split(":")
+                    if len(fields) > 3 and fields[0] == name:
+                        return int(fields[2]), (int(fields[3]) if idx_gid else None)
+        except OSError:
+            pass
+        raise OSError(errno.ENOENT, f"unable to find user {name}: no matching entries in {path}")
+
+    uid, pgid = lookup(user, "/etc/passwd", True)
+    if group:
+        gid, _ = lookup(group, "/etc/group", False)
+    else:
+        gid = pgid if pgid is not None else _passwd_gid(uid)
+    return uid, gid
+
+
+def _passwd_gid(uid: int) -> int:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.split(":")
+                if len(fields) > 3 and fields[2] == str(uid):
+                    return int(fields[3])
+    except OSError:
+        pass
+    return uid if uid == 0 else 0
+
+
+def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
+    """Runs in the forked child: namespaces, mounts, root, identity. Raises on failure."""
+    ns = list(launch.namespaces)
+    if "user" in ns:
+        uid, gid = os.getuid(), os.getgid()
+        unshare(["user"])
+        host = launch.map_root_to if launch.map_root_to is not None else uid
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"0 {host} 1\n")
+        _write("/proc/self/gid_map", f"0 {gid if launch.map_root_to is None else host} 1\n")
+        ns.remove("user")
+    unshare([n for n in ns if n != "pid"])
+    if "pid" in ns:
+        # the next child is pid 1 of the new namespace; this process relays its status
+        unshare(["pid"])
+        pid = os.fork()
+        if pid:
+            _relay_pid1(pid)
+    if launch.hostname and "uts" in launch.namespaces:
+        os.sethostname(launch.hostname) if hasattr(os, "sethostname") else _sethostname(launch.hostname)
+    if "net" in launch.namespaces:
+        _loopback_up()
+    if "mnt" in launch.namespaces:
+        mount("none", "/", None, MS["rec"] | MS["private"])
+    root_fd = None
+    # mounts whose target is outside the root come first (the root itself, say)
+    for op in [m for m in launch.mounts if not m.in_root]:
+        _do_mount(op, None, None)
+    if launch.root is not None:
+        root_fd = os.open(launch.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for op in [m for m in launch.mounts if m.in_root]:
+            try:
+                _do_mount(op, launch.root, root_fd)
+            except OSError:
+                if not op.optional:
+                    raise
+        if launch.tty or True:
+            _dev_links(root_fd)
+        os.chdir(launch.root)
+        if launch.pivot:
+            pivot_root(".", ".")
+            umount(".", detach=True)
+        else:
+            os.chroot(".")
+        os.chdir("/")
+        os.close(root_fd)
+    if launch.cgroup_procs:
+        _write(launch.cgroup_procs, "0\n")
+    if pid1_hook:
+        pid1_hook()
+    for name, value in launch.rlimits.items():
+        import resource
+
+        res = getattr(resource, name)
+        resource.setrlimit(res, (value, value))
+    if launch.user:
+        uid, gid = _lookup_user(launch.user)
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    if launch.drop_caps:
+        for cap in range(64):
+            try:
+                _check(libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop cap")
+            except OSError:
+                break
+    if launch.no_new_privs:
+        _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    try:
+        os.chdir(launch.cwd or "/")
+    except FileNotFoundError:
+        os.makedirs(launch.cwd, exist_ok=True)
+        os.chdir(launch.cwd)
+
+
+def _dev_links(root_fd: int) -> None:
+    """Standard /dev symlinks, made only when /dev is our own tmpfs (never through a link)."""
+    try:
+        dev = os.open("dev", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    except OSError:
+        return
+    try:
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                             ("ptmx", "pts/ptmx")):
+            try:
+                os.symlink(target, f"/proc/self/fd/{dev}/{name}")
+            except OSError:
+                pass
+    finally:
+        os.close(dev)
+
+
+def _sethostname(name: str) -> None:
+    b = name.encode()
+    _check(libc().sethostname(b, len(b)), "sethostname")
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifr = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+    finally:
+        s.close()
+
+
+def _relay_pid1(pid: int) -> None:
+    """The process outside a new pid namespace: forward signals to its pid 1, then exit
+    with that process's status."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda s, f: _kill(pid, s))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    os._exit(exit_code_from_status(status) & 0xFF)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _exec(launch: Launch) -> None:
+    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGXFSZ,
+                signal.SIGHUP, signal.SIGCHLD, signal.SIGTSTP, signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    argv = launch.argv
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, launch.env)
+    os.execvpe(argv[0], argv, launch.env)
+
+
+# --------------------------------------------------------------------------- the parent side
+@dataclass
+class Started:
+    pid: int
+    start_time: int | None
+    master_fd: int | None = None  # pty master when launch.tty
+
+
+def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = None,
+          pid1_hook: Callable[[], None] | None = None, new_session: bool = False) -> Started:
+    """Fork and exec the workload; returns once the exec succeeded (or raises)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    master = slave = None
+    if launch.tty:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        _copy_winsize(master)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # ---- child
+        code = 125
+        try:
+            os.close(r)
+            if master is not None:
+                os.close(master)
+                os.setsid()
+                import fcntl
+                import termios
+
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for fd in (0, 1, 2):
+                    os.dup2(slave, fd)
+                os.close(slave)
+            else:
+                if new_session:
+                    os.setsid()
+                if launch.stdin == "null":
+                    nul = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(nul, 0)
+                    os.close(nul)
+                if stdout is not None:
+                    os.dup2(stdout, 1)
+                if stderr is not None:
+                    os.dup2(stderr, 2)
+            stage = "setup"
+            _child_setup(launch, pid1_hook)
+            stage = "exec"
+            _exec(launch)
+        except BaseException as e:  # report to the parent, never return into its code
+            try:
+                if stage == "exec" and isinstance(e, OSError):
+                    code = EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_CANNOT_INVOKE
+                    msg = f"{code}\0{launch.argv[0]}: " + (
+                        "executable file not found in $PATH" if code == EXIT_NOT_FOUND and "/" not in launch.argv[0]
+                        else "no such file or directory" if code == EXIT_NOT_FOUND
+                        else os.strerror(e.errno) if e.errno else str(e))
+                else:
+                    msg = f"125\0{e}"
+                os.write(w, msg.encode(errors="replace")[:4000])
+            finally:
+                os._exit(code)
+        os._exit(125)  # not reached
+    # ---- parent
+    os.close(w)
+    if slave is not None:
+        os.close(slave)
+    start_time = pid_start_time(pid)
+    chunks = []
+    while True:
+        try:
+            b = os.read(r, 4096)
+        except InterruptedError:
+            continue
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    if chunks:
+        os.waitpid(pid, 0)
+        if master is not None:
+            os.close(master)
+        code_s, _, msg = b"".join(chunks).decode(errors="replace").partition("\0")
+        code = int(code_s) if code_s.isdigit() else 125
+        if code in (EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND):
+            raise InvokeError(msg, code)
+        raise SetupError(f"cannot start the container: {msg}")
+    return Started(pid, start_time, master)
+
+
+def wait(started: Started, forward: bool = True) -> int:
+    """Wait for the workload, relaying a pty if any and forwarding SIGTERM/SIGHUP."""
+    pid = started.pid
+    old = {}
+    if forward:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            old[sig] = signal.signal(sig, lambda s, f: _kill(pid, s))
+        for sig in (signal.SIGINT, signal.SIGQUIT):  # the terminal sends these to the child too
+            old[sig] = signal.signal(sig, signal.SIG_IGN if started.master_fd is None else (lambda s, f: _kill(pid, s)))
+    try:
+        if started.master_fd is not None:
+            _relay_pty(started.master_fd, pid)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                return exit_code_from_status(status)
+            except InterruptedError:
+                continue
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _copy_winsize(master: int) -> None:
+    import fcntl
+    import termios
+
+    for fd in (0, 1, 2):
+        try:
+            ws = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, ws)
+            return
+        except OSError:
+            continue
+
+
+def _relay_pty(master: int, pid: int) -> None:
+    import select
+    import termios
+    import tty
+
+    stdin_tty = os.isatty(0)
+    saved = termios.tcgetattr(0) if stdin_tty else None
+    if stdin_tty:
+        tty.setraw(0)
+        signal.signal(signal.SIGWINCH, lambda s, f: _copy_winsize(master))
+    fds = [master, 0]
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                os.write(1, data)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if not data:
+                    fds.remove(0)
+                    os.write(master, b"\x04")
+                else:
+                    os.write(master, data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.close(master)
+
+
+def execute(launch: Launch) -> int:
+    """Start the workload in the foreground and return its exit code."""
+    return wait(start(launch))
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` in this mount namespace, deepest first."""
+    prefix = str(path).rstrip("/")
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = line.split()[4].replace("\\040", " ")
+                if mp == prefix or mp.startswith(prefix + "/"):
+                    found.append(mp)
+    except OSError:
+        return []
+    return sorted(found, key=len, reverse=True)

@@ -1,0 +1,67 @@
+"""Atomic JSON records and file locks. No knowledge of what the records mean."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ctr.errors import StoreError
+
+LOCK_TIMEOUT = float(os.environ.get("CTR_LOCK_TIMEOUT", "60"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except json.JSONDecodeError as e:
+        raise StoreError(
+            f"corrupt record {path}: {e}", hint="run `ctr system check` or remove the record"
+        ) from e
+
+
+@contextmanager
+def flock(path: Path, exclusive: bool = True, timeout: float | None = None) -> Iterator[None]:
+    """Hold an flock on `path`, waiting at most `timeout` seconds with a clear error."""
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the state directory is busy: another ctr held {path.name} for {timeout:g}s",
+                        hint="wait for the other ctr to finish, or raise CTR_LOCK_TIMEOUT",
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,272 @@
+"""Store: the source of truth for every path in the state directory.
+
+Layout (version 1):
+
+    ROOT/store.json                 {"version": 1}
+    ROOT/lock                       flock held around every change to records
+    ROOT/tmp/<pid>-<tag>-<rand>/     work in progress; swept when <pid> is gone
+    ROOT/images/<hex>.json          image records (id = sha256 of the image config)
+    ROOT/layers/<hex>/              read-only layer trees, named by their diff id
+    ROOT/containers/<id>/container.json
+    ROOT/containers/<id>/upper|work|merged|rootfs|...   driver-owned directories
+    ROOT/kernels/<release>/         guest kernels for the qemu drivers
+    ROOT/cache/                     derived data that can be rebuilt (initramfs, probes)
+
+A directory is built under tmp/ and renamed into place, a record is written to a temp file
+and renamed, so a crash leaves either the old state or the new one plus sweepable litter.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ctr.errors import StoreError
+from ctr.store.records import flock, read_json, write_json
+
+STORE_VERSION = 1
+
+
+def default_root() -> Path:
+    env = os.environ.get("CTR_ROOT")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("ctr", appauthor=False))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root).absolute()
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.root / "kernels"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.root / "vms"
+
+    def image_record(self, image_id: str) -> Path:
+        return self.images_dir / f"{_hex(image_id)}.json"
+
+    def layer_dir(self, diff_id: str) -> Path:
+        return self.layers_dir / _hex(diff_id)
+
+    def container_dir(self, cid: str) -> Path:
+        return self.containers_dir / cid
+
+    def container_record(self, cid: str) -> Path:
+        return self.container_dir(cid) / "container.json"
+
+    def container_path(self, cid: str, part: str) -> Path:
+        """A driver-owned directory or file of a container: upper, work, merged, rootfs, ..."""
+        if "/" in part or part in ("", ".", "..", "container.json"):
+            raise ValueError(part)
+        return self.container_dir(cid) / part
+
+    # ------------------------------------------------------------- lifecycle
+    def open(self) -> "Store":
+        """Create the store if new, check its version, sweep crash litter."""
+        meta = self.root / "store.json"
+        if not meta.exists():
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+            with flock(self.lock_path):
+                if not meta.exists():
+                    for d in (self.tmp, self.images_dir, self.layers_dir, self.containers_dir):
+                        d.mkdir(exist_ok=True)
+                    write_json(meta, {"version": STORE_VERSION})
+        version = read_json(meta).get("version")
+        if version != STORE_VERSION:
+            raise StoreError(
+                f"state directory {self.root} has store version {version!r}; "
+                f"this ctr understands version {STORE_VERSION}",
+                hint="use the ctr release that wrote it, or point --root at another directory",
+            )
+        self.sweep_tmp()
+        return self
+
+    def sweep_tmp(self) -> list[str]:
+        """Remove tmp/ entries whose creating process is gone."""
+        swept = []
+        try:
+            entries = list(os.scandir(self.tmp))
+        except FileNotFoundError:
+            return swept
+        for e in entries:
+            pid_s = e.name.split("-", 1)[0]
+            if pid_s.isdigit() and _pid_alive(int(pid_s)):
+                continue
+            remove_path(Path(e.path))
+            swept.append(e.name)
+        return swept
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock around a change to records (creation, rename, removal)."""
+        with flock(self.lock_path):
+            yield
+
+    def new_tmp(self, tag: str, directory: bool = True) -> Path:
+        """A fresh path under tmp/, owned by this process until renamed into place."""
+        path = self.tmp / f"{os.getpid()}-{tag}-{secrets.token_hex(4)}"
+        if directory:
+            path.mkdir(mode=0o700)
+        return path
+
+    # ----------------------------------------------------------- containers
+    def container_ids(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.containers_dir) if not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def read_container(self, cid: str) -> dict | None:
+        try:
+            return read_json(self.container_record(cid))
+        except FileNotFoundError:
+            return None
+
+    def write_container(self, cid: str, data: dict) -> None:
+        write_json(self.container_record(cid), data)
+
+    def install_container(self, cid: str, built: Path) -> None:
+        """Rename a container directory built under tmp/ into place (caller holds the lock)."""
+        os.rename(built, self.container_dir(cid))
+
+    def discard_container(self, cid: str) -> None:
+        """Move the container out of sight atomically, then delete its files."""
+        src = self.container_dir(cid)
+        dst = self.new_tmp(f"rm-{cid[:12]}", directory=False)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return
+        remove_path(dst)
+
+    # --------------------------------------------------------------- images
+    def image_ids(self) -> list[str]:
+        try:
+            return sorted(
+                "sha256:" + e.name[:-5]
+                for e in os.scandir(self.images_dir)
+                if e.name.endswith(".json") and not e.name.startswith(".")
+            )
+        except FileNotFoundError:
+            return []
+
+    def read_image(self, image_id: str) -> dict | None:
+        try:
+            return read_json(self.image_record(image_id))
+        except FileNotFoundError:
+            return None
+
+    def write_image(self, image_id: str, data: dict) -> None:
+        write_json(self.image_record(image_id), data)
+
+    def delete_image(self, image_id: str) -> None:
+        try:
+            os.unlink(self.image_record(image_id))
+        except FileNotFoundError:
+            pass
+
+    def has_layer(self, diff_id: str) -> bool:
+        return self.layer_dir(diff_id).is_dir()
+
+    def install_layer(self, diff_id: str, built: Path) -> bool:
+        """Rename a layer built under tmp/ into place; False if it already existed."""
+        dst = self.layer_dir(diff_id)
+        try:
+            os.rename(built, dst)
+            return True
+        except OSError:
+            if dst.is_dir():
+                remove_path(built)
+                return False
+            raise
+
+    def layer_ids(self) -> list[str]:
+        try:
+            return sorted("sha256:" + e.name for e in os.scandir(self.layers_dir) if e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def discard_layer(self, diff_id: str) -> None:
+        src = self.layer_dir(diff_id)
+        dst = self.new_tmp("rmlayer", directory=False)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return
+        remove_path(dst)
+
+
+def _hex(ident: str) -> str:
+    h = ident.split(":", 1)[-1]
+    if not h or any(c not in "0123456789abcdef" for c in h):
+        raise StoreError(f"invalid id {ident!r}")
+    return h
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or tree without following symlinks, making read-only dirs writable."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+
+    def onerror(func, p, exc):  # make the parent writable and retry once
+        parent = os.path.dirname(p)
+        try:
+            os.chmod(parent, 0o700)
+            func(p)
+        except FileNotFoundError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
