@@ -202,30 +202,37 @@ def _open_in_root(root_fd: int, rel: str, kind: str) -> int:
         raise
 
 
-def _do_mount(op: MountOp, root: str | None, root_fd: int | None) -> None:
+def _do_mount(op: MountOp, root_fd: int | None) -> None:
     flags = mount_flags([f for f in op.flags if f != "ro" or "bind" not in op.flags])
-    fd = None
-    if op.in_root and root is not None:
-        assert root_fd is not None
-        fd = _open_in_root(root_fd, op.target, op.kind)
-        target = f"/proc/self/fd/{fd}"
-    else:
-        target = op.target
-        if op.kind == "dir":
-            os.makedirs(target, exist_ok=True)
+    target, fd = _target(op, root_fd, create=True)
     try:
         mount(op.source, target, op.fstype, flags, op.data)
-        if "bind" in op.flags and "ro" in op.flags:
-            # read-only bind: a remount, keeping the flags the kernel locked on the source
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if "bind" in op.flags and "ro" in op.flags:
+        # read-only bind: a remount of the new mount (reached afresh: a descriptor opened
+        # before the mount points below it), keeping flags the kernel locked on the source
+        target, fd = _target(op, root_fd, create=False)
+        try:
             keep = 0
             sv = os.statvfs(target)
             for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec")):
                 if sv.f_flag & bit:
                     keep |= MS[name]
-            mount("none", target, None, MS["bind"] | MS["remount"] | MS["ro"] | keep | (flags & MS["rec"]))
-    finally:
-        if fd is not None:
-            os.close(fd)
+            mount("none", target, None, MS["bind"] | MS["remount"] | MS["ro"] | keep)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _target(op: MountOp, root_fd: int | None, create: bool) -> tuple[str, int | None]:
+    if op.in_root and root_fd is not None:
+        fd = _open_in_root(root_fd, op.target, op.kind if create else "none")
+        return f"/proc/self/fd/{fd}", fd
+    if create and op.kind == "dir":
+        os.makedirs(op.target, exist_ok=True)
+    return op.target, None
 
 
 def _write(path: str, text: str) -> None:
@@ -300,17 +307,16 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
     root_fd = None
     # mounts whose target is outside the root come first (the root itself, say)
     for op in [m for m in launch.mounts if not m.in_root]:
-        _do_mount(op, None, None)
+        _do_mount(op, None)
     if launch.root is not None:
         root_fd = os.open(launch.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for op in [m for m in launch.mounts if m.in_root]:
             try:
-                _do_mount(op, launch.root, root_fd)
+                _do_mount(op, root_fd)
             except OSError:
                 if not op.optional:
                     raise
-        if launch.tty or True:
-            _dev_links(root_fd)
+        _dev_links(root_fd)
         os.chdir(launch.root)
         if launch.pivot:
             pivot_root(".", ".")

@@ -70,7 +70,7 @@ class Driver:
 
 def volume_mounts(container: "Container") -> list[MountOp]:
     return [
-        MountOp(m.target, m.source, None, ("bind", "rec") + (("ro",) if m.readonly else ()),
+        MountOp(m.target, m.source, None, ("bind", "ro") if m.readonly else ("bind", "rec"),
                 kind="dir" if os.path.isdir(m.source) else "file")
         for m in container.config.mounts
     ]

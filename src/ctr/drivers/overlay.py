@@ -110,7 +110,7 @@ def build_launch(store, container: Container, image: Image, rootless: bool) -> L
             m = MountOp("/proc", "/proc", None, ("bind", "rec"))
         mounts.append(m)
     if image.builtin:
-        mounts.append(MountOp("/sys", "/sys", None, ("bind", "rec", "ro"), optional=True))
+        mounts.append(MountOp("/sys", "/sys", None, ("bind", "ro"), optional=True))
     mounts += volume_mounts(container)
     cfg = container.config
     return Launch(
