@@ -80,6 +80,14 @@ def run_cli(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug: still one line, the traceback only with --debug
+        if G.debug:
+            import traceback
+
+            traceback.print_exc()
+        output.error(f"internal error: {type(e).__name__}: {e}",
+                     None if G.debug else "this is a bug in ctr; run again with --debug to see the traceback")
+        return 125 if G.run_like else 1
     finally:
         from ctr.cli.common import reset
 

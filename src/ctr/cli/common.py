@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 class Globals:
     root: Optional[Path] = None
     debug: bool = False
+    run_like: bool = False  # the command returns a workload's code: ctr's own failures are 125
     _ctx: "Context | None" = None
 
 
@@ -32,6 +33,7 @@ def reset() -> None:
     G._ctx = None
     G.root = None
     G.debug = False
+    G.run_like = False
 
 
 FORMAT_HELP = "Output format: table, json, yaml, or a template such as '{{.ID}} {{.Status}}'"

@@ -42,8 +42,10 @@ def run(
     from ctr import output
     from ctr.engine import containers as ce
     from ctr.errors import CtrError
+    from ctr.cli.common import G
     from ctr.units import parse_size
 
+    G.run_like = True
     try:
         opts = ce.RunOptions(
             image=image, command=list(command or []), name=name, isolation=isolation, driver=driver,

@@ -310,6 +310,8 @@ def remove_containers(ctx: Context, refs: list[str], force: bool = False) -> lis
             results.append(RemoveResult(ref, _remove_one(ctx, ref, force)))
         except CtrError as e:
             results.append(RemoveResult(ref, None, e))
+        except OSError as e:
+            results.append(RemoveResult(ref, None, CtrError(f"cannot remove container {ref}: {e}")))
     return results
 
 

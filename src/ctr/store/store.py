@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat as _stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -250,23 +251,48 @@ def _hex(ident: str) -> str:
 
 
 def remove_path(path: Path) -> None:
-    """Delete a file or tree without following symlinks, making read-only dirs writable."""
+    """Delete a file or tree without following symlinks.
+
+    Directories the owner cannot enter or write (overlayfs leaves `work/work` at mode 000;
+    images carry read-only directories) are made accessible and the removal retried, which
+    is what lets a rootless user remove what its containers left. A path that vanishes
+    meanwhile (another ctr sweeping the same litter) is not an error."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    import stat as _stat
-
     if not _stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-
-    def onerror(func, p, exc):  # make the parent writable and retry once
-        parent = os.path.dirname(p)
         try:
-            os.chmod(parent, 0o700)
-            func(p)
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        return
+    failed: list[str] = []
+    shutil.rmtree(path, onerror=lambda func, p, exc: failed.append(p))
+    if not failed or not os.path.lexists(path):
+        return
+    _make_accessible(str(path))
+
+    def onerror(func, p, exc):
+        if isinstance(exc[1], FileNotFoundError):
+            return
+        raise exc[1]
 
     shutil.rmtree(path, onerror=onerror)
+
+
+def _make_accessible(top: str) -> None:
+    """Give the owner rwx on every directory under `top` (top-down, never through links)."""
+
+    def fix(p: str) -> None:
+        try:
+            st = os.lstat(p)
+            if _stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+                os.chmod(p, _stat.S_IMODE(st.st_mode) | 0o700)
+        except OSError:
+            pass
+
+    fix(top)
+    for dirpath, dirnames, _ in os.walk(top):
+        for d in dirnames:
+            fix(os.path.join(dirpath, d))
