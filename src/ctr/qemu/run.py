@@ -1,0 +1,336 @@
+"""Boot a VM, run one command in it, stream its output, return its exit code.
+
+`boot_and_run` starts qemu (clean environment, stdin from /dev/null, its own session,
+killed if ctr dies), connects each named virtio-serial port to one end of a socketpair
+passed to qemu as `-chardev socket,fd=N` — no socket files, nothing to connect to, no race
+— and copies the guest's stdout/stderr to the caller's as they arrive.  The guest's
+writes to a port block until qemu has handed them to the socket, so when the status line
+`exit N` arrives, all of the command's output has already been sent.
+
+Failure modes, each a DriverError (the engine reports it as exit 125): qemu cannot start,
+the guest's init fails (`error …` on the status port), the guest stops without a status
+(a kernel panic: `panic=-1` + `-no-reboot` make qemu exit), or the overall timeout passes
+(a hang, or KVM's "emulation failure" that leaves qemu paused).  qemu is always killed by
+its pid in a `finally`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Sequence
+
+from ..errors import DriverError
+from .initramfs import GuestConfig, Initramfs, Volume, write_initrd
+from .kernel import Kernel
+from .machine import MachineSpec, Port, Share, kernel_cmdline, qemu_command
+
+QEMU_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+ROOT_TAG = "ctr.root"
+POWEROFF_GRACE = 5.0  # seconds a guest may take to power off after reporting the exit code
+
+
+@dataclass(frozen=True)
+class HostVolume:
+    """A host directory to mount at `target` in the guest (virtio-9p)."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    duration: float  # seconds from starting qemu to its exit
+    accel: str
+    console_log: Path | None  # kept only when the caller gave a run_dir
+
+
+class RunningVM:
+    """Handed to `on_start` once qemu runs: its pid, and a way to signal the command."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], control: socket.socket | None):
+        self._proc = proc
+        self._control = control
+        self.pid = proc.pid
+
+    def signal(self, signum: int) -> None:
+        """Deliver signal `signum` to the command inside the guest (via the control port)."""
+        if self._control is not None:
+            try:
+                self._control.sendall(f"signal {int(signum)}\n".encode())
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        """Stop the VM at once (SIGKILL to qemu)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
+
+Output = BinaryIO | int | None
+
+
+def _writer(dest: Output) -> Callable[[bytes], None]:
+    if dest is None:
+        return lambda data: None
+    if isinstance(dest, int):
+        def write_fd(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                n = os.write(dest, view)
+                view = view[n:]
+        return write_fd
+
+    def write_obj(data: bytes) -> None:
+        dest.write(data)
+        dest.flush()
+    return write_obj
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _panic_reason(console: str) -> str | None:
+    for line in console.splitlines():
+        if "Kernel panic" in line:
+            return re.sub(r"^\[\s*[0-9.]+\]\s*", "", line).strip()
+    return None
+
+
+def boot_and_run(
+    guest: GuestConfig,
+    *,
+    kernel: Kernel,
+    initramfs: Initramfs,
+    root: Path | None,
+    volumes: Sequence[HostVolume] = (),
+    disk: Path | None = None,
+    accel: str = "tcg",
+    machine: str = "microvm",
+    memory_mb: int = 512,
+    cpus: int = 1,
+    timeout: float = 300.0,
+    stdout: Output = 1,
+    stderr: Output = 2,
+    stdin: BinaryIO | int | None = None,
+    run_dir: Path | None = None,
+    qemu: str = "qemu-system-x86_64",
+    security_model: str | None = None,
+    cmdline_extra: Sequence[str] = (),
+    on_start: Callable[[RunningVM], None] | None = None,
+) -> RunResult:
+    """Boot `kernel` with `initramfs`, run `guest.argv` and return its exit code.
+
+    `root` is the host directory shared read-write as the guest's root (the container's
+    merged view); None with `guest.root_disk` set and `disk` given boots from the disk
+    instead.  `volumes` are extra 9p shares.  `stdout`/`stderr` take an fd or a binary file
+    object (None discards); `stdin` (fd or binary file) is forwarded to the command, else
+    it reads /dev/null.  `run_dir` keeps `console.log` and `qemu.log` (else a temporary
+    directory is used and removed).  `guest.modules` defaults to what the machine needs."""
+    if root is None and guest.root_disk is None:
+        raise ValueError("need a root directory or guest.root_disk")
+    if qemu and os.sep not in qemu and shutil.which(qemu, path=QEMU_ENV["PATH"]) is None:
+        raise DriverError(f"{qemu} is not installed",
+                          hint="apt-get install --no-install-recommends qemu-system-x86")
+    own_dir = run_dir is None
+    rdir = Path(tempfile.mkdtemp(prefix="ctr-vm-")) if run_dir is None else Path(run_dir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    console = rdir / "console.log"
+    qemu_log = rdir / "qemu.log"
+    initrd = rdir / "initrd.cpio"
+
+    shares: list[Share] = []
+    gvols: list[Volume] = []
+    if root is not None and guest.root_disk is None:
+        shares.append(Share(ROOT_TAG, Path(root), guest.root_readonly, security_model))
+    for i, v in enumerate(volumes):
+        tag = f"ctr.vol{i}"
+        shares.append(Share(tag, Path(v.source), v.readonly, security_model))
+        gvols.append(Volume(tag, v.target, v.readonly))
+    modules = guest.modules or tuple(initramfs.modules_for(
+        machine, disk=disk is not None, overlay=False))
+    guest = dataclasses.replace(guest, volumes=tuple(gvols) + guest.volumes,
+                                root_tag=ROOT_TAG, modules=modules,
+                                stdin=stdin is not None)
+
+    names = ["ctr.stdout", "ctr.stderr", "ctr.status", "ctr.control"]
+    if stdin is not None:
+        names.append("ctr.stdin")
+    pairs = {n: socket.socketpair() for n in names}
+    ports = tuple(Port(n, f"socket,fd={pairs[n][1].fileno()}") for n in names)
+
+    proc: subprocess.Popen[bytes] | None = None
+    sel = selectors.DefaultSelector()
+    try:
+        write_initrd(initramfs, guest, initrd)
+        spec = MachineSpec(
+            kernel=kernel.image, initrd=initrd,
+            append=kernel_cmdline(accel, machine, extra=tuple(cmdline_extra)),
+            machine=machine, accel=accel, memory_mb=memory_mb, cpus=cpus,
+            shares=tuple(shares), ports=ports, disk=disk, console_log=console, qemu=qemu)
+        argv = qemu_command(spec)
+        start = time.monotonic()
+        with open(qemu_log, "wb") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=QEMU_ENV,
+                    pass_fds=[p[1].fileno() for p in pairs.values()], start_new_session=True,
+                    preexec_fn=_die_with_parent)
+            except OSError as e:
+                raise DriverError(f"cannot start {qemu}: {e.strerror}",
+                                  hint="apt-get install --no-install-recommends qemu-system-x86") from e
+        for _ours, theirs in pairs.values():
+            theirs.close()
+        handle = RunningVM(proc, pairs["ctr.control"][0])
+        if on_start is not None:
+            on_start(handle)
+
+        sinks = {"ctr.stdout": _writer(stdout), "ctr.stderr": _writer(stderr)}
+        status = bytearray()
+        for name in ("ctr.stdout", "ctr.stderr", "ctr.status"):
+            sock = pairs[name][0]
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, name)
+        stdin_fd = None
+        if stdin is not None:
+            stdin_fd = stdin if isinstance(stdin, int) else stdin.fileno()
+            sel.register(stdin_fd, selectors.EVENT_READ, "stdin")
+        deadline = start + timeout
+        open_ports = 3
+        while open_ports:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and b"exit " in status:
+                break  # the command ended but the guest did not power off: kill it
+            if remaining <= 0:
+                raise DriverError(
+                    f"the VM did not finish within {timeout:g} s and was stopped",
+                    hint=_hang_hint(console, qemu_log, own_dir))
+            for key, _ev in sel.select(timeout=min(remaining, 1.0)):
+                name = key.data
+                if name == "stdin":
+                    data = os.read(stdin_fd, 65536)  # type: ignore[arg-type]
+                    target = pairs["ctr.stdin"][0]
+                    if data:
+                        target.sendall(data)
+                    else:
+                        sel.unregister(stdin_fd)  # type: ignore[arg-type]
+                        target.shutdown(socket.SHUT_WR)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_ports -= 1
+                elif name == "ctr.status":
+                    status += data
+                    if b"exit " in status:  # all output is out; allow a little for poweroff
+                        deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
+                else:
+                    sinks[name](data)
+            if proc.poll() is not None and open_ports:
+                # qemu is gone; drain what is left in the sockets, then stop
+                for key in list(sel.get_map().values()):
+                    if key.data == "stdin":
+                        continue
+                    sock = key.fileobj
+                    while True:
+                        try:
+                            data = sock.recv(65536)  # type: ignore[union-attr]
+                        except (BlockingIOError, ConnectionResetError):
+                            break
+                        if not data:
+                            break
+                        if key.data == "ctr.status":
+                            status += data
+                        else:
+                            sinks[key.data](data)
+                break
+        try:
+            proc.wait(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass  # it said what it had to say; the finally kills it
+        duration = time.monotonic() - start
+        code = _parse_status(status.decode(errors="replace"), console, qemu_log, proc, own_dir)
+        return RunResult(code, duration, accel, None if own_dir else console)
+    finally:
+        sel.close()
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc is not None:
+            proc.wait()
+        for ours, theirs in pairs.values():
+            ours.close()
+            theirs.close()
+        try:
+            initrd.unlink()
+        except FileNotFoundError:
+            pass
+        if own_dir:
+            shutil.rmtree(rdir, ignore_errors=True)
+
+
+def _hang_hint(console: Path, qemu_log: Path, own_dir: bool) -> str:
+    text = (_tail(qemu_log, 5) + "\n" + _tail(console, 5)).strip()
+    if "KVM internal error" in text or "emulation failure" in text:
+        return "KVM cannot run this kernel here; use the TCG accelerator"
+    where = "" if own_dir else f"; see {console}"
+    last = text.splitlines()[-1] if text else "no console output"
+    return f"last output: {last}{where}"
+
+
+def _parse_status(status: str, console: Path, qemu_log: Path,
+                  proc: subprocess.Popen[bytes], own_dir: bool) -> int:
+    for line in status.splitlines():
+        verb, _, arg = line.strip().partition(" ")
+        if verb == "exit" and arg.lstrip("-").isdigit():
+            return int(arg)
+        if verb == "error":
+            raise DriverError(f"the VM could not start the command: {arg}",
+                              hint=None if own_dir else f"see {console}")
+    console_text = _tail(console, 200)
+    panic = _panic_reason(console_text)
+    if panic:
+        raise DriverError(f"the VM's kernel panicked: {panic}")
+    qlog = _tail(qemu_log, 5)
+    if proc.returncode not in (0, None) and qlog:
+        lines = qlog.splitlines()
+        first_error = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+        raise DriverError(f"qemu failed (exit {proc.returncode}): {first_error}")
+    last = console_text.splitlines()[-1] if console_text else "no console output"
+    raise DriverError("the VM stopped before the command finished",
+                      hint=f"last console output: {last}")
