@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from ctr import __version__
-from ctr.cli import containers, images, system
+from ctr.cli import completion, containers, images, kube, system
+from ctr.cli import lifecycle
 from ctr.cli.common import G
 
 app = typer.Typer(
@@ -42,9 +43,12 @@ def main_options(
 
 
 containers.register(app)
+lifecycle.register(app)
 app.command("info")(system.info)
 app.add_typer(images.app, name="image")
 app.add_typer(system.app, name="system")
+app.add_typer(kube.app, name="kube")
+app.command("completion")(completion.completion)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,10 +62,18 @@ def run_cli(argv: list[str] | None = None) -> int:
     from ctr.errors import CtrError
 
     command = typer.main.get_command(app)
+    if os.environ.get(completion.COMPLETE_VAR):  # a shell asking for completions (click's protocol)
+        return completion.complete(command)
     try:
         rv = command.main(args=argv, prog_name="ctr", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.UsageError as e:
+        # one line like every other error; the usage text is a `--help` away
+        path = e.ctx.command_path if e.ctx is not None else "ctr"
+        if e.format_message().strip():  # empty: no arguments at all, the help was shown
+            output.error(e.format_message(), f"see '{path} --help'")
         return e.exit_code
     except click.ClickException as e:
         e.show()

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import FORMAT_HELP, check_format, ctx, fail_if_any
+from ctr.cli.common import FORMAT_HELP, check_format, complete_container, complete_image, ctx, fail_if_any
 
 CONTEXT = {"allow_interspersed_args": False}
 
@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'"),
+    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'",
+                                autocompletion=complete_image),
     command: Optional[List[str]] = typer.Argument(None, help="Command and arguments (default: the image's)"),
     name: Optional[str] = typer.Option(None, "--name", help="Assign a name to the container"),
     isolation: Optional[str] = typer.Option(None, "--isolation", help="process or hyperv (default from config: process)"),
@@ -37,6 +38,7 @@ def run(
     hostname: Optional[str] = typer.Option(None, "--hostname", help="Container hostname (isolated drivers)"),
     memory: Optional[str] = typer.Option(None, "--memory", "-m", help="Memory limit, e.g. 512m"),
     cpus: Optional[float] = typer.Option(None, "--cpus", help="Number of CPUs"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background under a monitor; print the id"),
 ) -> None:
     """Run a command in a new container."""
     from ctr import output
@@ -59,6 +61,11 @@ def run(
         raise
     if drv.emulated:
         output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
+    if detach:
+        from ctr.engine import lifecycle
+
+        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
+        raise typer.Exit(0)
     _, code = c, ce.start_foreground(ctx(), c, image_rec, drv)
     raise typer.Exit(code)
 
@@ -98,6 +105,16 @@ def _filter(cs, filters: List[str]):
             raise InvalidArgument(f"invalid filter {f!r}", hint="use KEY=VALUE with KEY one of " + ", ".join(FILTER_KEYS))
         wanted.setdefault(key, []).append(value)
 
+    ancestors: set[str] = set()
+    for v in wanted.get("ancestor", []):  # any reference to an image: name[:tag], id, prefix
+        from ctr.engine.images import get_image
+        from ctr.errors import CtrError
+
+        try:
+            ancestors.add(get_image(ctx(), v).id)
+        except CtrError:
+            pass
+
     def match(c) -> bool:
         for key, values in wanted.items():
             if key == "id":
@@ -107,7 +124,7 @@ def _filter(cs, filters: List[str]):
             elif key == "status":
                 ok = c.state in values
             elif key == "ancestor":
-                ok = any(v in (c.image_name, c.image) or c.image.split(":")[-1].startswith(v) for v in values)
+                ok = c.image in ancestors or c.image_name in values
             elif key == "exited":
                 ok = c.state == "exited" and str(c.exit_code) in values
             else:
@@ -136,7 +153,9 @@ def ps(
     check_format(format)
     if latest:
         last = 1
-    cs = ce.list_containers(ctx(), all=all or last > 0)
+    # as docker: asking for a state by filter shows containers in that state without -a
+    by_state = any(f.split("=", 1)[0] in ("status", "exited") for f in filter)
+    cs = ce.list_containers(ctx(), all=all or last > 0 or by_state)
     cs = _filter(cs, filter)
     if last > 0:
         cs = cs[:last]
@@ -153,6 +172,11 @@ def ps(
         drv = c.driver + (" (emulated)" if c.emulated else "")
         rows.append([c.id if no_trunc else short(c.id), c.image_name, f'"{cmd}"', output.ago(c.created),
                      it["Status"], c.name, c.isolation, drv])
+    if "{{" in format:  # templates see docker's flat fields: Names and Command as strings
+        items = [dict(it, ID=it["Id"] if no_trunc else short(it["Id"]), Names=",".join(it["Names"]),
+                      Command=" ".join(it["Command"])) for it in items]
+        for it in items:
+            del it["Id"]
     output.emit(format, items, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES",
                                 "ISOLATION", "DRIVER"], rows)
 
@@ -170,7 +194,8 @@ def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:
 
 
 def rm(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
+                                                     autocompletion=complete_container),
     force: bool = typer.Option(False, "--force", "-f", help="Kill and remove running containers"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -185,7 +210,8 @@ def rm(
 
 
 def diff(
-    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix"),
+    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix",
+                                              autocompletion=complete_container),
     format: str = typer.Option("table", "--format", help="table (A|C|D lines), json or yaml"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -207,7 +233,8 @@ def diff(
 
 
 def inspect(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
+                                                     autocompletion=complete_container),
     format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
