@@ -129,6 +129,12 @@ class Initramfs:
     closures: dict[str, tuple[str, ...]]
     key: str
 
+    @property
+    def disk_only_modules(self) -> set[str]:
+        """Modules that are in the disk archive, not the base one."""
+        base = {m for w in _all_wanted() for m in self.closures.get(w, ())}
+        return {m for w in DISK_MODULES for m in self.closures.get(w, ())} - base
+
     def modules_for(self, machine: str = "microvm", disk: bool = False,
                     overlay: bool = False) -> list[str]:
         """The modules /init loads for a run, in order."""
@@ -366,8 +372,7 @@ def write_initrd(base: Initramfs, cfg: GuestConfig, dest: str | os.PathLike[str]
     """Write base (+ disk, when `cfg` loads disk modules) + per-run archive to `dest`, the
     one file for qemu's -initrd (a few MB: copying takes milliseconds)."""
     dest = Path(dest)
-    disk_mods = {m for w in DISK_MODULES for m in base.closures.get(w, ())}
-    parts = [base.path] + ([base.disk_path] if disk_mods & set(cfg.modules) else [])
+    parts = [base.path] + ([base.disk_path] if base.disk_only_modules & set(cfg.modules) else [])
     with open(dest, "wb") as out:
         for part in parts:
             with open(part, "rb") as src:
