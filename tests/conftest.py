@@ -80,7 +80,8 @@ def make_rootfs(dest: Path) -> Path:
     shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
     for applet in ("sh", "echo", "cat", "ls", "rm", "mkdir", "mv", "ln", "chmod", "touch", "id",
                    "true", "false", "sleep", "kill", "env", "pwd", "hostname", "stat", "cp", "rmdir",
-                   "printf", "sync", "test", "uname", "wc", "head", "dd", "truncate", "chown"):
+                   "printf", "sync", "test", "uname", "wc", "head", "dd", "truncate", "chown",
+                   "find", "md5sum", "readlink", "xargs", "sort", "mkfifo"):
         os.symlink("busybox", dest / "bin" / applet)
     (dest / "etc").mkdir()
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")

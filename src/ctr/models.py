@@ -73,6 +73,9 @@ class Image:
     size: int = 0
     source: str = ""
     builtin: bool = False
+    parent: str = ""  # the image a committed image was made on (its id)
+    author: str = ""  # `commit --author`, or the imported config's author
+    comment: str = ""  # `commit --message`
 
     @property
     def short_id(self) -> str:

@@ -12,6 +12,7 @@ import typer
 from ctr import __version__
 from ctr.cli import completion, containers, images, kube, system
 from ctr.cli import lifecycle
+from ctr.cli import commit
 from ctr.cli.common import G
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ lifecycle.register(app)
 app.command("info")(system.info)
 app.add_typer(images.app, name="image")
 app.add_typer(system.app, name="system")
+commit.register(app, images.app)  # commit, export, container prune, image export
 app.add_typer(kube.app, name="kube")
 app.command("completion")(completion.completion)
 

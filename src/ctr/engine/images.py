@@ -127,6 +127,14 @@ def import_image(ctx: Context, source: str, name: str | None = None,
     if source != "-" and not src.exists():
         raise NotFound(f"import source {source} does not exist")
     store = ctx.store
+    # an OCI layout/archive or a docker-save archive is a stack of layers with a config
+    from ctr.images.oci import probe
+
+    found = probe(source, lambda: store.new_tmp("spool", directory=False))
+    if found.kind != "rootfs":
+        from ctr.engine.commit import import_bundle
+
+        return import_bundle(ctx, found, name)
     tmp = store.new_tmp("import")
     layer_tmp = tmp / "layer"
     layer_tmp.mkdir()
@@ -137,7 +145,7 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             stream, thread, errors = _tar_directory(src)
         else:
             try:
-                stream = _open_archive(src)
+                stream = found.stream or _open_archive(src)  # stdin: what probe() read replayed
             except OSError as e:
                 raise CtrError(f"cannot read {source}: {e.strerror}") from e
         reader = HashingReader(stream)
