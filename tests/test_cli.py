@@ -165,9 +165,10 @@ def test_ps_json_fields(ctr, populated):
 def test_ps_template(ctr, populated):
     out = ctr.ok("ps", "-a", "--format", "{{.Names}} {{.State}}")
     assert out.splitlines() == ["live running", "fail3 exited", "ok0 exited"]
-    out = ctr.ok("ps", "-a", "--format", "{{.ID}}\\t{{.ExitCode}}\\t{{.Command}}", "--filter", "name=fail3")
+    out = ctr.ok("ps", "-a", "--format", "{{.ID}}\\t{{.ExitCode}}\\t{{.Isolation}}", "--filter", "name=fail3")
     fid = ps_json(ctr, "-a", "--filter", "name=fail3")[0]["Id"]
-    assert out == f"{fid[:12]}\t3\tsh -c exit 3\n"
+    assert out == f"{fid[:12]}\t3\tprocess\n"
+    assert ctr.ok("ps", "-a", "--no-trunc", "--format", "{{.ID}}", "--filter", "name=fail3") == fid + "\n"
     r = ctr("ps", "--format", "{{.NoSuchField}}", "-a")
     assert r.code == 2
     assert_one_error(r, "NoSuchField")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import FORMAT_HELP, check_format, complete_container, complete_image, ctx, fail_if_any
+from ctr.cli.common import FORMAT_HELP, check_format, ctx, fail_if_any
 
 CONTEXT = {"allow_interspersed_args": False}
 
@@ -21,8 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'",
-                                autocompletion=complete_image),
+    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'"),
     command: Optional[List[str]] = typer.Argument(None, help="Command and arguments (default: the image's)"),
     name: Optional[str] = typer.Option(None, "--name", help="Assign a name to the container"),
     isolation: Optional[str] = typer.Option(None, "--isolation", help="process or hyperv (default from config: process)"),
@@ -38,7 +37,6 @@ def run(
     hostname: Optional[str] = typer.Option(None, "--hostname", help="Container hostname (isolated drivers)"),
     memory: Optional[str] = typer.Option(None, "--memory", "-m", help="Memory limit, e.g. 512m"),
     cpus: Optional[float] = typer.Option(None, "--cpus", help="Number of CPUs"),
-    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background under a monitor; print the id"),
 ) -> None:
     """Run a command in a new container."""
     from ctr import output
@@ -61,11 +59,6 @@ def run(
         raise
     if drv.emulated:
         output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
-    if detach:
-        from ctr.engine import lifecycle
-
-        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
-        raise typer.Exit(0)
     _, code = c, ce.start_foreground(ctx(), c, image_rec, drv)
     raise typer.Exit(code)
 
@@ -194,8 +187,7 @@ def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:
 
 
 def rm(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
-                                                     autocompletion=complete_container),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
     force: bool = typer.Option(False, "--force", "-f", help="Kill and remove running containers"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -210,8 +202,7 @@ def rm(
 
 
 def diff(
-    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix",
-                                              autocompletion=complete_container),
+    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix"),
     format: str = typer.Option("table", "--format", help="table (A|C|D lines), json or yaml"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -233,8 +224,7 @@ def diff(
 
 
 def inspect(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
-                                                     autocompletion=complete_container),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
     format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:

@@ -30,7 +30,14 @@ _NOUN = ("babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kep
 # ----------------------------------------------------------------------------- records
 def _load(ctx: Context, cid: str) -> Container | None:
     data = ctx.store.read_container(cid)
-    return Container.from_dict(data) if data else None
+    if data is None:
+        return None
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        return Container.from_dict(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ctx.store.corrupt_container(cid, f"not a container record ({type(e).__name__}: {e})") from None
 
 
 def update(ctx: Context, cid: str, fn: Callable[[Container], None]) -> Container | None:
@@ -317,8 +324,16 @@ def remove_containers(ctx: Context, refs: list[str], force: bool = False) -> lis
 
 def _remove_one(ctx: Context, ref: str, force: bool) -> str:
     from ctr import proc
+    from ctr.errors import StoreError
 
-    c = get_container(ctx, ref)
+    try:
+        c = get_container(ctx, ref)
+    except StoreError:
+        # `rm -f FULL-ID` is the way out for a container whose record cannot be read
+        if force and _unreadable(ctx, ref):
+            ctx.store.discard_unreadable_container(ref)
+            return ref
+        raise
     if c.state == State.RUNNING.value:
         if not force:
             raise Conflict(f"cannot remove running container {ref}",
@@ -332,6 +347,21 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
         pass
     ctx.store.discard_container(c.id)
     return c.id
+
+
+def _unreadable(ctx: Context, ref: str) -> bool:
+    """`ref` is the full id of a container whose own record cannot be read."""
+    from ctr.errors import StoreError
+
+    if len(ref) != 64 or any(ch not in "0123456789abcdef" for ch in ref):
+        return False
+    if not ctx.store.container_dir(ref).is_dir():
+        return False
+    try:
+        _load(ctx, ref)
+    except StoreError:
+        return True
+    return False
 
 
 def _kill_and_wait(pid: int | None, start: int | None, timeout: float = 10.0) -> None:

@@ -33,10 +33,10 @@ def read_json(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
-    except json.JSONDecodeError as e:
-        raise StoreError(
-            f"corrupt record {path}: {e}", hint="run `ctr system check` or remove the record"
-        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        err = StoreError(f"corrupt record {path}: {e}", hint=f"move {path} aside; ctr cannot read it")
+        err.detail = str(e)  # type: ignore[attr-defined]
+        raise err from e
 
 
 @contextmanager

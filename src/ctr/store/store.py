@@ -118,7 +118,8 @@ class Store:
                     for d in (self.tmp, self.images_dir, self.layers_dir, self.containers_dir):
                         d.mkdir(exist_ok=True)
                     write_json(meta, {"version": STORE_VERSION})
-        version = read_json(meta).get("version")
+        data = read_json(meta)
+        version = data.get("version") if isinstance(data, dict) else None
         if version != STORE_VERSION:
             raise StoreError(
                 f"state directory {self.root} has store version {version!r}; "
@@ -168,6 +169,27 @@ class Store:
             return read_json(self.container_record(cid))
         except FileNotFoundError:
             return None
+        except StoreError as e:
+            raise self.corrupt_container(cid, getattr(e, "detail", e.message)) from None
+
+    def corrupt_container(self, cid: str, detail: str) -> StoreError:
+        return StoreError(
+            f"container {cid[:12]} has a corrupt record {self.container_record(cid)}: {detail}",
+            hint=f"`ctr rm -f {cid}` discards that container",
+        )
+
+    def discard_unreadable_container(self, cid: str) -> None:
+        """Remove a container whose record cannot be read: unmount what is mounted under its
+        directory, then delete it (there is no record to say which driver made it)."""
+        from ctr import proc
+
+        with self.locked():
+            for mp in proc.mounts_under(self.container_dir(cid)):
+                try:
+                    proc.umount(mp)
+                except OSError:
+                    pass
+            self.discard_container(cid)
 
     def write_container(self, cid: str, data: dict) -> None:
         write_json(self.container_record(cid), data)
