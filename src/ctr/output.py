@@ -8,7 +8,8 @@ import os
 import re
 import sys
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from ctr.models import parse_iso
 
@@ -60,67 +61,208 @@ def as_yaml(data: Any, out: TextIO | None = None) -> None:
     (out or sys.stdout).write(yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
 
 
-_FIELD = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z_][\w.]*)?\s*\}\}")
+# ----------------------------------------------------------------------------- templates
+class View:
+    """One record as `--format` templates see it: docker's human fields (`ID` as 12 characters,
+    `Names` joined, `Status` as "Up 3 seconds", …) over the raw record that json/yaml print
+    unchanged. `{{json .}}` prints the raw record. `headers` names the columns of a `table`."""
+
+    def __init__(self, raw: dict[str, Any], human: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None):
+        self.raw = raw
+        self.human = human or {}
+        self.headers = headers or {}
+
+    def fields(self) -> list[str]:
+        return sorted(set(self.human) | set(self.raw))
+
+    def get(self, name: str) -> Any:
+        for d in (self.human, self.raw):
+            if name in d:
+                return d[name]
+        low = name.lower()
+        for d in (self.human, self.raw):
+            for k, v in d.items():
+                if k.lower() == low:
+                    return v
+        raise _template_error(f"template: no field {name!r}", "fields: " + ", ".join(self.fields()))
 
 
-def template(fmt: str, items: list[dict[str, Any]], out: TextIO | None = None) -> None:
-    """docker's `--format` subset: `{{.Field}}`, `{{.A.B}}`, `{{json .Field}}`, `{{json .}}`,
-    a leading `table ` for a header row; `\\t` and `\\n` escapes."""
-    out = out or sys.stdout
-    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
-    header = fmt.startswith("table ")
-    if header:
-        fmt = fmt[6:]
-    check = _FIELD.sub("", fmt)
-    if "{{" in check or "}}" in check:
-        from ctr.errors import InvalidArgument
+def _template_error(message: str, hint: str | None = None):
+    from ctr.errors import InvalidArgument
 
-        raise InvalidArgument(f"unsupported template {fmt!r}",
-                              hint="use {{.Field}}, {{.Field.Sub}} or {{json .Field}}")
+    return InvalidArgument(message, hint=hint)
 
-    def lookup(item: Any, path: str | None) -> Any:
+
+_TEMPLATE_HINT = ("use {{.Field}}, {{.Field.Sub}}, {{json .}}, {{json .Field}}, {{join .Field \", \"}}, "
+                  "{{upper .Field}}, {{lower .Field}}, {{title .Field}}, {{truncate .Field N}}; "
+                  "'table ' in front adds a header row; \\t and \\n are tab and newline")
+_ACTION = re.compile(r"\{\{(.*?)\}\}", re.S)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[^\s"]+')
+_PATH = re.compile(r"^(\.|(\.[A-Za-z_]\w*)+)$")
+_FUNCS = {"json": 1, "join": 2, "upper": 1, "lower": 1, "title": 1, "truncate": 2}
+
+
+class _Action:
+    """`{{ … }}`: a value (`.A.B` or a "string"), optionally passed to one function."""
+
+    def __init__(self, src: str):
+        self.src = src
+        text = src.strip()
+        tokens = _TOKEN.findall(text)
+        if _TOKEN.sub("", text).strip() or not tokens:
+            raise _template_error(f"unsupported template action {{{{{src}}}}}", _TEMPLATE_HINT)
+        self.func: str | None = None
+        if tokens[0] in _FUNCS:
+            self.func, tokens = tokens[0], tokens[1:]
+            if len(tokens) != _FUNCS[self.func]:
+                raise _template_error(f"template: {self.func} takes {_FUNCS[self.func]} argument"
+                                      f"{'s' if _FUNCS[self.func] > 1 else ''}: {{{{{src}}}}}", _TEMPLATE_HINT)
+        elif len(tokens) != 1:
+            raise _template_error(f"unsupported template action {{{{{src}}}}}", _TEMPLATE_HINT)
+        self.args: list[Any] = [self._arg(t) for t in tokens]
+        if self.func in ("join",) and not isinstance(self.args[1], str):
+            raise _template_error(f"template: join needs a quoted separator: {{{{{src}}}}}", _TEMPLATE_HINT)
+        if self.func == "truncate" and not isinstance(self.args[1], int):
+            raise _template_error(f"template: truncate needs a length: {{{{{src}}}}}", _TEMPLATE_HINT)
+
+    def _arg(self, token: str) -> Any:
+        if token.startswith('"'):
+            try:
+                return json.loads(token)
+            except ValueError:
+                raise _template_error(f"template: bad string {token}", _TEMPLATE_HINT) from None
+        if token.isdigit():
+            return int(token)
+        if _PATH.match(token):
+            return tuple(p for p in token.split(".") if p)  # () is `.` itself
+        raise _template_error(f"unsupported template action {{{{{self.src}}}}}", _TEMPLATE_HINT)
+
+    @property
+    def path(self) -> tuple[str, ...] | None:
+        return next((a for a in self.args if isinstance(a, tuple)), None)
+
+    def header(self, view_headers: dict[str, str]) -> str:
+        path = self.path
+        if path is None:
+            return str(self.args[0]) if self.args and isinstance(self.args[0], str) else ""
         if not path:
-            return item
-        cur = item
-        for part in path.split("."):
-            if isinstance(cur, dict) and part in cur:
+            return ""
+        return view_headers.get(path[0], path[0].upper()) if len(path) == 1 else ".".join(path).upper()
+
+    def render(self, item: Any) -> str:
+        vals = [_lookup(item, a) if isinstance(a, tuple) else a for a in self.args]
+        if self.func == "json":
+            v = vals[0].raw if isinstance(vals[0], View) else vals[0]
+            return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+        if self.func == "join":
+            return vals[1].join(_text(x) for x in vals[0]) if isinstance(vals[0], list) else _text(vals[0])
+        text = _text(vals[0])
+        if self.func == "upper":
+            return text.upper()
+        if self.func == "lower":
+            return text.lower()
+        if self.func == "title":
+            return text.title()
+        if self.func == "truncate":
+            return text[: vals[1]]
+        return text
+
+
+def _lookup(item: Any, path: tuple[str, ...]) -> Any:
+    cur = item
+    for part in path:
+        if isinstance(cur, View):
+            cur = cur.get(part)
+        elif isinstance(cur, dict):
+            if part in cur:
                 cur = cur[part]
-            elif isinstance(cur, dict):
+            else:
                 low = {k.lower(): v for k, v in cur.items()}
                 if part.lower() not in low:
-                    from ctr.errors import InvalidArgument
-
-                    raise InvalidArgument(f"template: no field {part!r}",
-                                          hint="fields: " + ", ".join(sorted(cur)))
+                    raise _template_error(f"template: no field {part!r}", "fields: " + ", ".join(sorted(cur)))
                 cur = low[part.lower()]
-            else:
-                return ""
-        return cur
+        else:
+            kind = "a list" if isinstance(cur, list) else "nothing" if cur is None else f"a {type(cur).__name__}"
+            raise _template_error(f"template: cannot take field {part!r} of {kind}", _TEMPLATE_HINT)
+    return cur
 
-    def render(item: dict[str, Any]) -> str:
-        def sub(m: re.Match) -> str:
-            v = lookup(item, m.group(2))
-            if m.group(1):
-                return json.dumps(v)
-            if isinstance(v, list):
-                return "[" + " ".join(map(str, v)) + "]"
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            return "" if v is None else str(v)
 
-        return _FIELD.sub(sub, fmt)
+def _text(v: Any) -> str:
+    """Go's fmt for the kinds records hold: true/false, [a b], <no value> as empty."""
+    if isinstance(v, View):
+        v = v.raw
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, list):
+        return "[" + " ".join(_text(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return str(v)
 
-    lines = []
-    if header:
-        lines.append(_FIELD.sub(lambda m: (m.group(2) or "").upper(), fmt))
-    lines += [render(i) for i in items]
+
+class Template:
+    """docker's `--format` subset, parsed once (syntax errors exit 2 even for an empty list)."""
+
+    def __init__(self, fmt: str):
+        self.table = fmt == "table" or fmt.startswith("table ")
+        body = fmt[6:] if self.table else fmt
+        body = body.replace("\\t", "\t").replace("\\n", "\n")
+        self.parts: list[str | _Action] = []
+        pos = 0
+        for m in _ACTION.finditer(body):
+            self._text(body[pos:m.start()])
+            self.parts.append(_Action(m.group(1)))
+            pos = m.end()
+        self._text(body[pos:])
+
+    def _text(self, text: str) -> None:
+        if "{{" in text or "}}" in text:
+            raise _template_error(f"unsupported template: unbalanced braces in {text!r}", _TEMPLATE_HINT)
+        if text:
+            self.parts.append(text)
+
+    def header(self, headers: dict[str, str]) -> str:
+        return "".join(p if isinstance(p, str) else p.header(headers) for p in self.parts)
+
+    def render(self, item: Any) -> str:
+        return "".join(p if isinstance(p, str) else p.render(item) for p in self.parts)
+
+
+def template(fmt: str, items: Sequence[Any], out: TextIO | None = None,
+             headers: dict[str, str] | None = None) -> None:
+    """Render each item (a View or a dict) through a docker-style template. With a leading
+    `table `, a header row comes first and tab-separated cells are aligned like a table."""
+    out = out or sys.stdout
+    t = Template(fmt)
+    lines = [t.render(i) for i in items]
+    if t.table:
+        if headers is None:
+            headers = next((i.headers for i in items if isinstance(i, View)), {})
+        lines.insert(0, t.header(headers))
+        if any("\t" in line for line in lines):
+            cells = [line.split("\t") for line in lines]
+            width = max(len(c) for c in cells)
+            cells = [c + [""] * (width - len(c)) for c in cells]
+            table(cells[0], cells[1:], out=out)
+            return
     if lines:
         out.write("\n".join(lines) + "\n")
 
 
+def is_template(fmt: str) -> bool:
+    return "{{" in fmt or fmt.startswith("table ")
+
+
 def emit(fmt: str, items: list[dict[str, Any]], headers: Sequence[str], rows: list[Sequence[Any]],
-         single: bool = False) -> None:
-    """Print a listing in the requested format."""
+         single: bool = False, views: Sequence[Any] | None = None,
+         view_headers: dict[str, str] | None = None) -> None:
+    """Print a listing in the requested format: `table` (headers + rows, human), `json`/`yaml`
+    (the raw items), or a template over `views` (default: the raw items)."""
     if fmt == "table":
         table(headers, rows)
     elif fmt == "json":
@@ -128,7 +270,74 @@ def emit(fmt: str, items: list[dict[str, Any]], headers: Sequence[str], rows: li
     elif fmt == "yaml":
         as_yaml(items[0] if single and items else items)
     else:
-        template(fmt, items)
+        template(fmt, list(views) if views is not None else items, headers=view_headers)
+
+
+# ----------------------------------------------------------------------------- progress
+class _NoProgress:
+    """What `progress()` yields when nothing may be drawn: every call does nothing."""
+
+    def advance(self, n: float = 1) -> None:
+        pass
+
+    def update(self, completed: float | None = None, total: float | None = None,
+               description: str | None = None) -> None:
+        pass
+
+
+class _RichProgress(_NoProgress):
+    def __init__(self, bar: Any, task: Any):
+        self._bar, self._task = bar, task
+
+    def advance(self, n: float = 1) -> None:
+        self._bar.advance(self._task, n)
+
+    def update(self, completed: float | None = None, total: float | None = None,
+               description: str | None = None) -> None:
+        kw: dict[str, Any] = {}
+        if completed is not None:
+            kw["completed"] = completed
+        if total is not None:
+            kw["total"] = total
+        if description is not None:
+            kw["description"] = description
+        self._bar.update(self._task, **kw)
+
+
+def progress_enabled(stream: TextIO | None = None) -> bool:
+    stream = stream or sys.stderr
+    if os.environ.get("CTR_NO_PROGRESS") or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+@contextmanager
+def progress(total: float | None, description: str, *, unit: str = "", quiet: bool = False,
+             stream: TextIO | None = None) -> Iterator[_NoProgress]:
+    """A progress bar on stderr for long work (import, export, commit, VM disk creation):
+
+        with output.progress(total_bytes, "Importing layer") as p:
+            for chunk in ...:
+                p.advance(len(chunk))
+
+    `total=None` draws a spinner; `unit="bytes"` shows sizes, else "done/total". When stderr is not a terminal, or `quiet`, or
+    `CTR_NO_PROGRESS` is set, nothing is drawn and rich is not even imported. The bar is
+    removed when the work ends, so only the command's own output stays on the screen."""
+    stream = stream or sys.stderr
+    if quiet or not progress_enabled(stream):
+        yield _NoProgress()
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeRemainingColumn)
+
+    console = Console(file=stream, no_color=not use_color(stream), highlight=False)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    if total is not None:
+        columns += [DownloadColumn() if unit == "bytes" else MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield _RichProgress(bar, task)
 
 
 # ----------------------------------------------------------------------------- human times
@@ -138,6 +347,15 @@ def ago(iso: str | None, now: datetime | None = None) -> str:
         return ""
     now = now or datetime.now(timezone.utc)
     return human_duration((now - t).total_seconds()) + " ago"
+
+
+def docker_time(iso: str | None) -> str:
+    """docker's CreatedAt form: '2024-05-01 10:00:00 +0000 UTC' (empty for no time)."""
+    t = parse_iso(iso)
+    if t is None:
+        return ""
+    t = t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
 
 
 def human_duration(seconds: float) -> str:
@@ -170,15 +388,21 @@ def human_size(n: int) -> str:
     return f"{n}B"
 
 
-def status_text(state: str, exit_code: int | None, started: str | None, finished: str | None) -> str:
-    """docker's STATUS column: 'Up 3 seconds', 'Exited (0) 2 minutes ago', 'Created'."""
+def status_text(state: str, exit_code: int | None, started: str | None, finished: str | None,
+                relative: bool = True) -> str:
+    """docker's STATUS column: 'Up 3 seconds', 'Exited (0) 2 minutes ago', 'Created'. With
+    relative=False (json/yaml: relative times are for tables only) the times are absolute:
+    'Up since 2024-05-01T10:00:00Z', 'Exited (0) at 2024-05-01T10:00:03Z'."""
     if state == "running":
+        if not relative:
+            return f"Up since {started}" if started else "Up"
         t = parse_iso(started)
         secs = (datetime.now(timezone.utc) - t).total_seconds() if t else 0
         return "Up " + human_duration(secs)
     if state == "exited":
         code = "?" if exit_code is None else exit_code
-        return f"Exited ({code}) {ago(finished)}".rstrip()
+        when = ago(finished) if relative else (f"at {finished}" if finished else "")
+        return f"Exited ({code}) {when}".rstrip()
     if state == "removing":
         return "Removal In Progress"
     return state.capitalize()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+import click
 import typer
 
 if TYPE_CHECKING:
@@ -40,7 +41,14 @@ FORMAT_HELP = "Output format: table, json, yaml, or a template such as '{{.ID}} 
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json", "yaml")) -> str:
-    if fmt in allowed or "{{" in fmt:
+    """`fmt` if it is one of `allowed` or a valid template (parsed now, so a bad template
+    fails with exit 2 before any work, even when the listing turns out empty)."""
+    if fmt in allowed:
+        return fmt
+    if "{{" in fmt or "}}" in fmt:
+        from ctr import output
+
+        output.Template(fmt)
         return fmt
     from ctr.errors import InvalidArgument
 
@@ -56,3 +64,97 @@ def fail_if_any(results) -> None:
         output.error(r.error.message, r.error.hint)
     if failed:
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- completion
+# Callbacks for `typer.Argument(..., autocompletion=complete_container)` and friends. They run
+# on every <TAB>, so they read the store's records directly (no engine, no reconciliation, no
+# store creation) and never raise: a broken store completes nothing.
+def _completion_store(ctx: click.Context):
+    from ctr.store.store import Store, default_root
+
+    root = None
+    try:
+        root = ctx.find_root().params.get("root")
+    except Exception:
+        pass
+    return Store(Path(root) if root else (G.root or default_root()))
+
+
+def _id_items(incomplete: str, ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Ids (shown as 12 characters) only once the user has started typing one."""
+    bare = incomplete.split(":", 1)[-1]
+    if not bare or any(ch not in "0123456789abcdef" for ch in bare):
+        return []
+    return [(i.split(":", 1)[-1][:12], h) for i, h in ids if i.split(":", 1)[-1].startswith(bare)]
+
+
+def container_completer(*states: str):
+    """A completion callback for container references, limited to `states` if given
+    (e.g. `container_completer("running")` for stop/kill/exec)."""
+
+    def complete(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+        try:
+            store = _completion_store(ctx)
+            names, ids = [], []
+            for cid in store.container_ids():
+                try:
+                    rec = store.read_container(cid) or {}
+                except Exception:
+                    continue
+                if states and rec.get("state") not in states:
+                    continue
+                help_ = f"{rec.get('image_name', '')} {rec.get('state', '')}".strip()
+                if rec.get("name"):
+                    names.append((rec["name"], help_))
+                ids.append((cid, help_))
+            return [n for n in sorted(names) if n[0].startswith(incomplete)] + _id_items(incomplete, ids)
+        except Exception:
+            return []
+
+    return complete
+
+
+complete_container = container_completer()
+
+
+def complete_image(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Image names (NAME:TAG, and the built-in `host`), and ids once one is being typed."""
+    try:
+        from ctr.models import HOST_IMAGE
+
+        store = _completion_store(ctx)
+        names, ids = [(HOST_IMAGE, "the host's root filesystem")], []
+        for iid in store.image_ids():
+            try:
+                rec = store.read_image(iid) or {}
+            except Exception:
+                continue
+            for n in rec.get("names") or []:
+                names.append((n, iid.split(":", 1)[-1][:12]))
+                if n.endswith(":latest"):
+                    names.append((n[: -len(":latest")], iid.split(":", 1)[-1][:12]))
+            ids.append((iid, ", ".join(rec.get("names") or [])))
+        return [n for n in sorted(set(names)) if n[0].startswith(incomplete)] + _id_items(incomplete, ids)
+    except Exception:
+        return []
+
+
+def complete_vm(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+    """VM names: the store's `vm_ids()`/`read_vm()` when it has them, else the entries of vms/."""
+    try:
+        import os
+
+        store = _completion_store(ctx)
+        names = []
+        if hasattr(store, "vm_ids"):
+            for vid in store.vm_ids():
+                rec = (store.read_vm(vid) if hasattr(store, "read_vm") else None) or {}
+                names.append((rec.get("name") or vid, str(rec.get("state", ""))))
+        else:
+            for e in os.scandir(store.vms_dir):
+                if not e.name.startswith("."):
+                    names.append((e.name[:-5] if e.name.endswith(".json") else e.name, ""))
+        return [n for n in sorted(names) if n[0].startswith(incomplete)]
+    except Exception:
+        return []

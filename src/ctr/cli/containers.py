@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import FORMAT_HELP, check_format, ctx, fail_if_any
+from ctr.cli.common import FORMAT_HELP, check_format, complete_container, complete_image, ctx, fail_if_any
 
 CONTEXT = {"allow_interspersed_args": False}
 
@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'"),
+    image: str = typer.Argument(..., help="Image to run: a name, an id, or the built-in 'host'",
+                                autocompletion=complete_image),
     command: Optional[List[str]] = typer.Argument(None, help="Command and arguments (default: the image's)"),
     name: Optional[str] = typer.Option(None, "--name", help="Assign a name to the container"),
     isolation: Optional[str] = typer.Option(None, "--isolation", help="process or hyperv (default from config: process)"),
@@ -64,6 +65,7 @@ def run(
 
 
 def _ps_item(c) -> dict:
+    """The raw record `ps --format json|yaml` prints: full ids, ISO-8601 times (no relative ones), arrays."""
     from ctr import output
 
     return {
@@ -76,13 +78,37 @@ def _ps_item(c) -> dict:
         "StartedAt": c.started,
         "ExitedAt": c.finished,
         "State": c.state,
-        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished),
+        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=False),
         "ExitCode": c.exit_code,
         "Pid": c.pid if c.state == "running" else 0,
         "Isolation": c.isolation,
         "Driver": c.driver,
         "Emulated": c.emulated,
     }
+
+
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+              "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Names": "NAMES",
+              "Isolation": "ISOLATION", "Driver": "DRIVER", "ExitCode": "EXIT CODE"}
+
+
+def _ps_view(c, item: dict, no_trunc: bool):
+    """What `ps --format '{{.Field}}'` sees: docker's fields (ID short, Names and Command as
+    strings, RunningFor, Status) over the raw item; `{{json .}}` prints the raw item."""
+    from ctr import output
+    from ctr.models import short
+
+    cmd = " ".join(c.config.command)
+    if not no_trunc and len(cmd) > 20:
+        cmd = cmd[:19] + "…"
+    return output.View(item, {
+        "ID": c.id if no_trunc else short(c.id),
+        "Names": ",".join(item["Names"]),
+        "Command": f'"{cmd}"',
+        "CreatedAt": output.docker_time(c.created),
+        "RunningFor": output.ago(c.created),
+        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=True),
+    }, PS_HEADERS)
 
 
 FILTER_KEYS = ("id", "name", "status", "ancestor", "exited", "isolation", "driver")
@@ -164,14 +190,10 @@ def ps(
             cmd = cmd[:19] + "…"
         drv = c.driver + (" (emulated)" if c.emulated else "")
         rows.append([c.id if no_trunc else short(c.id), c.image_name, f'"{cmd}"', output.ago(c.created),
-                     it["Status"], c.name, c.isolation, drv])
-    if "{{" in format:  # templates see docker's flat fields: Names and Command as strings
-        items = [dict(it, ID=it["Id"] if no_trunc else short(it["Id"]), Names=",".join(it["Names"]),
-                      Command=" ".join(it["Command"])) for it in items]
-        for it in items:
-            del it["Id"]
+                     output.status_text(c.state, c.exit_code, c.started, c.finished), c.name, c.isolation, drv])
     output.emit(format, items, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES",
-                                "ISOLATION", "DRIVER"], rows)
+                                "ISOLATION", "DRIVER"], rows,
+                views=[_ps_view(c, it, no_trunc) for c, it in zip(cs, items)], view_headers=PS_HEADERS)
 
 
 def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:
@@ -187,7 +209,8 @@ def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:
 
 
 def rm(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
+                                                     autocompletion=complete_container),
     force: bool = typer.Option(False, "--force", "-f", help="Kill and remove running containers"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -202,7 +225,8 @@ def rm(
 
 
 def diff(
-    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix"),
+    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix",
+                                              autocompletion=complete_container),
     format: str = typer.Option("table", "--format", help="table (A|C|D lines), json or yaml"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
@@ -224,7 +248,8 @@ def diff(
 
 
 def inspect(
-    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix"),
+    containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
+                                                     autocompletion=complete_container),
     format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:

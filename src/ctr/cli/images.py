@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import FORMAT_HELP, check_format, ctx, fail_if_any
+from ctr.cli.common import FORMAT_HELP, check_format, complete_image, ctx, fail_if_any
 
 app = typer.Typer(help="Manage images.", no_args_is_help=True)
 
@@ -43,6 +43,10 @@ def _image_item(img) -> dict:
     }
 
 
+IMAGE_HEADERS = {"ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "CreatedSince": "CREATED",
+                 "CreatedAt": "CREATED AT", "Size": "SIZE"}
+
+
 @app.command("ls")
 def ls(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only display image ids"),
@@ -60,7 +64,7 @@ def ls(
         for img in images:
             print(img.id if no_trunc else short(img.id))
         return
-    rows = []
+    rows, views = [], []
     for img in images:
         names = img.names or ["<none>:<none>"]
         for n in names:
@@ -70,12 +74,19 @@ def ls(
             rows.append([repo, tag, img.id if no_trunc else short(img.id),
                          output.ago(img.created) if img.created else "-",
                          "-" if img.builtin else output.human_size(img.size)])
-    output.emit(format, [_image_item(i) for i in images], ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+            views.append(output.View(_image_item(img), {  # one per name, as docker's rows
+                "ID": img.id if no_trunc else short(img.id), "Repository": repo, "Tag": tag,
+                "CreatedSince": output.ago(img.created) if img.created else "",
+                "CreatedAt": output.docker_time(img.created), "Size": output.human_size(img.size)},
+                IMAGE_HEADERS))
+    output.emit(format, [_image_item(i) for i in images], ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows,
+                views=views, view_headers=IMAGE_HEADERS)
 
 
 @app.command("inspect")
 def inspect(
-    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix"),
+    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix",
+                                       autocompletion=complete_image),
     format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
 ) -> None:
     """Show the full record of one or more images."""
@@ -89,7 +100,8 @@ def inspect(
 
 @app.command("rm")
 def rm(
-    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix"),
+    images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix",
+                                       autocompletion=complete_image),
     force: bool = typer.Option(False, "--force", "-f", help="Also remove containers that use the image"),
 ) -> None:
     """Remove images (refused while a container uses one, unless -f)."""
