@@ -120,6 +120,8 @@ class Container:
     finished: str | None = None
     pid: int | None = None
     pid_start: int | None = None  # /proc/<pid>/stat start time, guards against pid reuse
+    monitor_pid: int | None = None  # detached (`run -d`, `start`): the monitor supervising pid
+    monitor_start: int | None = None  # the monitor's start time, as pid_start
     exit_code: int | None = None
     error: str = ""
     auto_remove: bool = False

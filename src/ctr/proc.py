@@ -606,3 +606,82 @@ def mounts_under(path: Path) -> list[str]:
     except OSError:
         return []
     return sorted(found, key=len, reverse=True)
+
+
+# --------------------------------------------------------------------------- entering a running container
+# `ctr exec`: join the namespaces and the root of a running container's process. Everything
+# is opened from /proc/<pid> (the namespaces *and* the root) before the first setns, the pid's
+# kernel start time is checked after opening (so a reused pid is never entered), then
+# setns(user, cgroup, ipc, uts, net, pid, mnt), fchdir to the root, chroot(".").
+ENTER_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(libc().setns(fd, nstype), "setns")
+
+
+def namespaces_of(pid: int) -> dict[str, tuple[int, int]]:
+    """(device, inode) of each namespace of `pid` (its children's pid namespace for "pid")."""
+    out = {}
+    for name in ENTER_ORDER:
+        path = f"/proc/{pid}/ns/" + ("pid_for_children" if name == "pid" else name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        out[name] = (st.st_dev, st.st_ino)
+    return out
+
+
+def _enter_hook(pid: int, pid_start: int | None) -> Callable[[], None]:
+    def enter() -> None:
+        mine = namespaces_of(os.getpid())
+        fds: list[tuple[str, int]] = []
+        root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name, ident in namespaces_of(pid).items():
+                if mine.get(name) != ident:
+                    path = f"/proc/{pid}/ns/" + ("pid_for_children" if name == "pid" else name)
+                    fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            if pid_start is not None and pid_start_time(pid) != pid_start:
+                raise OSError(errno.ESRCH, f"process {pid} is gone")
+            for _, fd in fds:
+                setns(fd)
+            if any(name == "pid" for name, _ in fds):
+                # setns(pid) applies to children: fork once more; this process relays
+                child = os.fork()
+                if child:
+                    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe must close
+                    _relay_pid1(child)
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.chdir("/")
+        finally:
+            for _, fd in fds:
+                os.close(fd)
+            os.close(root_fd)
+    return enter
+
+
+def enter(pid: int, pid_start: int | None, launch: Launch) -> Started:
+    """Start `launch.argv` inside the running container whose process is `pid`.
+
+    `launch` must have no namespaces, mounts or root of its own: those of `pid` are joined.
+    Returns once the command was exec'd; raises SetupError (125) or InvokeError (126/127)."""
+    if launch.namespaces or launch.mounts or launch.root is not None:
+        raise ValueError("enter() joins an existing container; the launch must not make one")
+    return start(launch, pid1_hook=_enter_hook(pid, pid_start))
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child: receive `sig` when the parent exits (cleared by a later setuid)."""
+    _check(libc().prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0), "PR_SET_PDEATHSIG")
+
+
+def set_process_name(name: str) -> None:
+    """The short name `ps -o comm`, `top` and `pgrep` show (15 bytes)."""
+    import ctypes
+
+    libc().prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)

@@ -38,6 +38,7 @@ def run(
     hostname: Optional[str] = typer.Option(None, "--hostname", help="Container hostname (isolated drivers)"),
     memory: Optional[str] = typer.Option(None, "--memory", "-m", help="Memory limit, e.g. 512m"),
     cpus: Optional[float] = typer.Option(None, "--cpus", help="Number of CPUs"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background under a monitor; print the id"),
 ) -> None:
     """Run a command in a new container."""
     from ctr import output
@@ -60,6 +61,11 @@ def run(
         raise
     if drv.emulated:
         output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
+    if detach:
+        from ctr.engine import lifecycle
+
+        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
+        raise typer.Exit(0)
     _, code = c, ce.start_foreground(ctx(), c, image_rec, drv)
     raise typer.Exit(code)
 

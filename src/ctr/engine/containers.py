@@ -58,6 +58,13 @@ def reconcile(ctx: Context, c: Container) -> Container:
     """A container recorded as running whose process is gone is recorded as exited."""
     from ctr import proc
 
+    if c.state == State.RUNNING.value and c.monitor_pid is not None:
+        # detached: its monitor records the exit; only a vanished monitor needs reconciling
+        if proc.pid_alive(c.monitor_pid, c.monitor_start):
+            return c
+        from ctr.engine.lifecycle import reconcile_orphan
+
+        return reconcile_orphan(ctx, c)
     if c.state == State.RUNNING.value and not proc.pid_alive(c.pid, c.pid_start):
         def mark(x: Container) -> None:
             if x.state == State.RUNNING.value and not proc.pid_alive(x.pid, x.pid_start):
@@ -339,6 +346,9 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
             raise Conflict(f"cannot remove running container {ref}",
                            hint="stop it first, or use `ctr rm -f`")
         _kill_and_wait(c.pid, c.pid_start)
+    from ctr.engine.lifecycle import terminate
+
+    terminate(ctx, c)  # whatever else still runs in it, and its monitor
     if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
         return c.id  # someone else removed it meanwhile
     try:

@@ -1,0 +1,349 @@
+"""Container lifecycle without a daemon: detached start, start, stop, kill, wait, logs, exec.
+
+A detached container is supervised by its own monitor process (`ctr.monitor`); everything
+here works from the record and the kernel: signals go to the recorded workload pid (checked
+against its start time), waits block on a pidfd of the monitor, logs are read from the
+monitor's json-lines file, and exec joins the workload's namespaces and root.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from ctr import monitor, proc
+from ctr.drivers import Driver, get_driver
+from ctr.engine.containers import _load, get_container, reconcile, start_foreground, update
+from ctr.engine.context import Context
+from ctr.engine.images import get_image
+from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument, NotFound
+from ctr.launch import Launch
+from ctr.models import Container, Image, State, now_iso
+
+STOP_TIMEOUT = 10  # docker's default grace period for `stop`
+KILL_WAIT = 10.0  # after SIGKILL, how long the record may take to say `exited`
+
+
+@dataclass
+class Outcome:
+    """What one reference of a multi-reference verb came to: a value, or an error."""
+
+    ref: str
+    id: str | None = None
+    value: Any = None
+    error: CtrError | None = None
+
+
+def for_each(refs: list[str], fn: Callable[[str], tuple[str, Any]]) -> list[Outcome]:
+    """Run `fn(ref) -> (id, value)` for every reference, carrying on after a failure."""
+    out = []
+    for ref in refs:
+        try:
+            cid, value = fn(ref)
+            out.append(Outcome(ref, cid, value))
+        except CtrError as e:
+            out.append(Outcome(ref, None, None, e))
+    return out
+
+
+# ----------------------------------------------------------------------------- starting
+@contextmanager
+def _start_lock(ctx: Context, cid: str) -> Iterator[None]:
+    """Serialises starts of one container (two monitors must never share a writable layer)."""
+    from ctr.store.records import flock
+
+    try:
+        with flock(ctx.store.container_path(cid, "start.lock")):
+            yield
+    except FileNotFoundError:
+        raise NotFound(f"no such container: {cid[:12]}") from None
+
+
+def _check_detachable(driver: Driver) -> None:
+    if type(driver).run is not Driver.run:
+        raise DriverError(f"the {driver.name} driver cannot run a container detached yet",
+                          hint="run it in the foreground (without -d)")
+
+
+def start_detached(ctx: Context, c: Container, image: Image, driver: Driver) -> Container:
+    """Start a created container under a monitor; returns once the workload has been exec'd.
+    Raises as a foreground run would (125 setup, 126/127 invoke), with the failure recorded."""
+    _check_detachable(driver)
+    with _start_lock(ctx, c.id):
+        monitor.spawn(ctx, c, image, driver)
+    return _load(ctx, c.id) or c
+
+
+def _restartable(ctx: Context, ref: str) -> tuple[Container, Image, Driver]:
+    c = get_container(ctx, ref)
+    if c.state == State.REMOVING.value:
+        raise Conflict(f"container {ref} is being removed")
+    return c, get_image(ctx, c.image), get_driver(c.isolation, c.driver)
+
+
+def start(ctx: Context, ref: str) -> Container:
+    """`start REF`: run the stored command again over the same writable layer, detached.
+    A running container is left as it is."""
+    c, image, driver = _restartable(ctx, ref)
+    _check_detachable(driver)
+    with _start_lock(ctx, c.id):
+        now = _load(ctx, c.id)
+        if now is None:
+            raise NotFound(f"no such container: {ref}")
+        if reconcile(ctx, now).state == State.RUNNING.value:
+            return now
+        monitor.spawn(ctx, now, image, driver)
+    return _load(ctx, c.id) or c
+
+
+def start_attached(ctx: Context, ref: str) -> int:
+    """`start -a REF`: run the stored command again in the foreground; returns its code."""
+    c, image, driver = _restartable(ctx, ref)
+    with _start_lock(ctx, c.id):
+        now = _load(ctx, c.id)
+        if now is None:
+            raise NotFound(f"no such container: {ref}")
+        if reconcile(ctx, now).state == State.RUNNING.value:
+            raise Conflict(f"container {ref} is already running",
+                           hint=f"follow its output with `ctr logs -f {ref}`")
+
+        def foreground(x: Container) -> None:  # no monitor supervises this run
+            x.monitor_pid = x.monitor_start = None
+
+        c = update(ctx, c.id, foreground) or c
+    return start_foreground(ctx, c, image, driver)
+
+
+# ----------------------------------------------------------------------------- signals
+def parse_signal(spec: str) -> int:
+    """KILL, SIGKILL, kill or 9."""
+    s = spec.strip()
+    if s.isdigit():
+        n = int(s)
+        if 1 <= n < signal.NSIG:
+            return n
+    else:
+        name = s.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            pass
+    raise InvalidArgument(f"invalid signal {spec!r}", hint="use a name such as TERM, KILL, HUP, or a number")
+
+
+def kill(ctx: Context, ref: str, sig: int) -> Container:
+    c = get_container(ctx, ref)
+    if c.state != State.RUNNING.value or not monitor._signal(c.pid, c.pid_start, sig):
+        raise Conflict(f"container {ref} is not running")
+    return c
+
+
+def stop(ctx: Context, ref: str, timeout: float = STOP_TIMEOUT) -> Container:
+    """SIGTERM, then SIGKILL after `timeout` seconds; returns the record once it says exited.
+    A container that is not running is left as it is."""
+    c = get_container(ctx, ref)
+    if c.state != State.RUNNING.value:
+        return c
+    if timeout > 0:
+        monitor._signal(c.pid, c.pid_start, signal.SIGTERM)
+        done = wait_stopped(ctx, c, timeout)
+        if done is None or done.state != State.RUNNING.value:
+            return done or c
+    monitor._signal(c.pid, c.pid_start, signal.SIGKILL)
+    done = wait_stopped(ctx, c, KILL_WAIT)
+    if done is not None and done.state == State.RUNNING.value:
+        raise CtrError(f"container {ref} did not stop within {timeout + KILL_WAIT:g}s of being killed",
+                       hint=f"see `ctr inspect {ref}` for its pid")
+    return done or c
+
+
+def wait_stopped(ctx: Context, c: Container, timeout: float | None) -> Container | None:
+    """Block until the record no longer says running (None: removed meanwhile). Sleeps on a
+    pidfd of the monitor (it exits right after recording), else of the workload."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        x = _load(ctx, c.id)
+        if x is None:
+            return None
+        x = reconcile(ctx, x)
+        if x.state != State.RUNNING.value:
+            return x
+        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if left <= 0:
+            return x
+        pid, start = (x.monitor_pid, x.monitor_start) if x.monitor_pid else (x.pid, x.pid_start)
+        _sleep_on(pid, start, left)
+
+
+def _sleep_on(pid: int | None, start: int | None, seconds: float) -> None:
+    try:
+        fd = os.pidfd_open(pid) if pid else None
+    except OSError:
+        fd = None
+    if fd is None or proc.pid_start_time(pid) != start:  # type: ignore[arg-type]
+        time.sleep(min(seconds, 0.01))
+    else:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        if p.poll(int(seconds * 1000) + 1):
+            time.sleep(0.002)  # exited: give its parent a moment to record it
+    if fd is not None:
+        os.close(fd)
+
+
+def wait(ctx: Context, ref: str) -> int | None:
+    """`wait REF`: the container's exit code once it is not running (None: not recorded)."""
+    c = get_container(ctx, ref)
+    done = wait_stopped(ctx, c, None)
+    if done is None:
+        raise NotFound(f"container {ref} was removed before its exit code could be read")
+    return done.exit_code
+
+
+# ----------------------------------------------------------------------------- reconciliation
+def reconcile_orphan(ctx: Context, c: Container) -> Container:
+    """A detached container recorded running whose monitor is gone: nothing would record its
+    exit or read its output, so ctr kills whatever of it still runs and records it exited
+    (137 when it was killed here, no code when it had already ended)."""
+    alive = proc.pid_alive(c.pid, c.pid_start)
+    pids = monitor.container_processes(c.id)
+    if alive and c.pid not in pids:
+        pids.append(c.pid)  # type: ignore[arg-type]
+    monitor.kill_processes(pids)
+
+    def mark(x: Container) -> None:
+        if x.state != State.RUNNING.value or x.monitor_pid != c.monitor_pid:
+            return
+        x.state = State.EXITED.value
+        x.finished = now_iso()
+        x.exit_code = 128 + signal.SIGKILL if alive else None
+        x.error = (f"the container's monitor (pid {c.monitor_pid}) died; "
+                   + ("ctr killed the workload" if alive else "the workload's exit code was not recorded"))
+
+    return update(ctx, c.id, mark) or c
+
+
+def terminate(ctx: Context, c: Container) -> None:
+    """Kill every process of the container and let its monitor finish (for `rm -f`)."""
+    pids = monitor.container_processes(c.id)
+    if proc.pid_alive(c.pid, c.pid_start) and c.pid not in pids:
+        pids.append(c.pid)  # type: ignore[arg-type]
+    monitor.kill_processes(pids)
+    deadline = time.monotonic() + KILL_WAIT
+    while c.monitor_pid and proc.pid_alive(c.monitor_pid, c.monitor_start) and time.monotonic() < deadline:
+        _sleep_on(c.monitor_pid, c.monitor_start, deadline - time.monotonic())
+
+
+# ----------------------------------------------------------------------------- logs
+@dataclass
+class LogLine:
+    time: str
+    stream: str  # stdout | stderr
+    data: bytes
+
+
+def log_path(ctx: Context, cid: str):
+    return ctx.store.container_path(cid, monitor.LOG)
+
+
+def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
+         poll: float = 0.05) -> Iterator[LogLine]:
+    """The container's captured output, oldest first; the last `tail` lines only if given;
+    with `follow`, keep yielding new lines until the container is not running."""
+    c = get_container(ctx, ref)
+    path = log_path(ctx, c.id)
+    f = None
+    rest = b""
+
+    def read_new() -> list[LogLine]:
+        nonlocal f, rest
+        if f is None:
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                return []
+        data = rest + f.read()
+        lines = data.split(b"\n")
+        rest = lines.pop()  # a line the monitor is still writing
+        out = []
+        for line in lines:
+            e = monitor.parse_entry(line)
+            if e is not None:
+                out.append(LogLine(*e))
+        return out
+
+    try:
+        first = read_new()
+        if tail is not None:
+            first = list(deque(first, maxlen=tail)) if tail > 0 else []
+        yield from first
+        while follow:
+            new = read_new()
+            if new:
+                yield from new
+                continue
+            x = _load(ctx, c.id)
+            if x is None or reconcile(ctx, x).state != State.RUNNING.value:
+                yield from read_new()  # the monitor logs everything before it records the exit
+                return
+            time.sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+# ----------------------------------------------------------------------------- exec
+@dataclass
+class ExecOptions:
+    command: list[str]
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    interactive: bool = False
+    tty: bool = False
+
+
+def exec_launch(c: Container, opts: ExecOptions) -> Launch:
+    """The plan for a command joining container `c`: its env and user, the exec's overrides."""
+    from ctr.engine.containers import parse_env
+
+    if not opts.command:
+        raise InvalidArgument("exec needs a command", hint="ctr exec REF COMMAND [ARG...]")
+    if opts.workdir is not None and not opts.workdir.startswith("/"):
+        raise InvalidArgument(f"working directory {opts.workdir!r} must be absolute")
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in c.config.env)
+    if opts.tty:
+        env.setdefault("TERM", "xterm")
+    for item in parse_env(opts.env, []):
+        k, _, v = item.partition("=")
+        env[k] = v
+    return Launch(
+        argv=list(opts.command), env=env,
+        cwd=opts.workdir or c.config.workdir or "/",
+        user=opts.user if opts.user is not None else c.config.user,
+        stdin="inherit" if opts.interactive else "null",
+        tty=opts.tty,
+    )
+
+
+def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
+    """Run a command inside a running container; returns its exit code (126/127 raised as
+    InvokeError, ctr's own failures as errors with exit code 125)."""
+    c = get_container(ctx, ref)
+    launch = exec_launch(c, opts)
+    if c.state != State.RUNNING.value or not proc.pid_alive(c.pid, c.pid_start):
+        raise Conflict(f"container {ref} is not running", hint=f"start it with `ctr start {ref}`")
+    try:
+        started = proc.enter(c.pid, c.pid_start, launch)  # type: ignore[arg-type]
+    except proc.SetupError as e:
+        if not proc.pid_alive(c.pid, c.pid_start):
+            raise Conflict(f"container {ref} is not running") from None
+        raise e
+    return proc.wait(started)

@@ -1,0 +1,482 @@
+"""Container lifecycle without a daemon, for real, on both process drivers: run -d under a
+monitor, ps, logs (-t, -n, -f), exec, stop, kill, start, wait, rm; a monitor killed with
+SIGKILL is reconciled; errors are one line. Every process a test starts is killed by pid at
+teardown, whether the test passed or not."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+
+pytestmark = [needs_root]
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
+DRIVERS = ["overlay", "copy"]
+
+
+def start_time(pid: int) -> int | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def alive(pid: int | None) -> bool:
+    return bool(pid) and start_time(pid) is not None
+
+
+def container_pids(cid: str) -> list[int]:
+    """Processes whose root mount is this container's (as the monitor finds them)."""
+    from ctr.monitor import container_processes
+
+    return container_processes(cid)
+
+
+def assert_one_error(r, *needles: str) -> None:
+    errs = [ln for ln in r.err.splitlines() if ln.startswith("Error:")]
+    assert len(errs) == 1, r.err
+    assert "Traceback" not in r.err, r.err
+    for n in needles:
+        assert n in errs[0], f"{n!r} not in {errs[0]!r}"
+
+
+class Life:
+    """The `ctr` runner plus the pids of every workload and monitor it started, so teardown
+    can kill by pid what `rm -f` did not."""
+
+    def __init__(self, ctr, image: str, driver: str):
+        self.ctr, self.image, self.driver = ctr, image, driver
+        self.pids: dict[int, int | None] = {}
+
+    def __call__(self, *args, **kw):
+        return self.ctr(*args, **kw)
+
+    def ok(self, *args, **kw) -> str:
+        return self.ctr.ok(*args, **kw)
+
+    def record(self, ref: str) -> dict:
+        rec = json.loads(self.ok("inspect", ref))[0]
+        self.track(rec)
+        return rec
+
+    def track(self, rec: dict) -> None:
+        for key, st in (("pid", "pid_start"), ("monitor_pid", "monitor_start")):
+            if rec.get(key):
+                self.pids.setdefault(rec[key], rec.get(st))
+
+    def run_d(self, *args: str, name: str | None = None) -> str:
+        """`run -d` with this test's driver; returns the id and tracks its processes."""
+        extra = ["--name", name] if name else []
+        out = self.ok("run", "-d", "--driver", self.driver, *extra, self.image, *args)
+        cid = out.strip()
+        assert HEX64.match(cid), out
+        self.record(cid)
+        return cid
+
+    def wait_for(self, predicate, timeout: float = 20, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = predicate()
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def state(self, ref: str) -> str:
+        return self.ok("inspect", "--format", "{{.state}}", ref).strip()
+
+    def kill_all(self) -> None:
+        for pid, st in self.pids.items():
+            if st is None or start_time(pid) == st:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture(params=DRIVERS)
+def life(request, ctr, busybox_image):
+    lf = Life(ctr, busybox_image, request.param)
+    try:
+        yield lf
+    finally:
+        try:
+            for p in (ctr.root / "containers").iterdir():
+                try:
+                    lf.track(json.loads((p / "container.json").read_text()))
+                except (OSError, ValueError):
+                    pass
+            ctr.cleanup()
+        finally:
+            lf.kill_all()
+
+
+# ----------------------------------------------------------------------------- the round trip
+def test_detach_round_trip(life):
+    t = time.monotonic()
+    cid = life.run_d("sh", "-c", 'echo hello; echo oops >&2; echo data > /root/made; '
+                     'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.1; done', name="web")
+    assert time.monotonic() - t < 10
+    rec = life.record("web")
+    assert rec["state"] == "running" and rec["id"] == cid
+    assert alive(rec["pid"]) and alive(rec["monitor_pid"])
+    assert life.ok("ps", "-q", "--no-trunc").split() == [cid]
+    ps = json.loads(life.ok("ps", "--format", "json"))
+    assert ps[0]["State"] == "running"
+
+    # logs: stdout and stderr apart, -t, -n, the json-lines file itself
+    life.wait_for(lambda: "tick 3" in life.ok("logs", "web"), what="tick 3 in the log")
+    r = life("logs", "web", check=True)
+    assert r.out.startswith("hello\ntick 1\n") and r.err == "oops\n"
+    stamped = life.ok("logs", "-t", "web").splitlines()
+    assert all(STAMP.match(ln) for ln in stamped), stamped[:3]
+    assert [ln.split(" ", 1)[1] for ln in stamped[:2]] == ["hello", "tick 1"]
+    tail = life.ok("logs", "-n", "2", "web").splitlines()
+    assert len(tail) == 2 and all(ln.startswith("tick ") for ln in tail)
+    assert int(tail[1].split()[1]) == int(tail[0].split()[1]) + 1
+    assert life.ok("logs", "--tail", "0", "web") == ""
+    entries = [json.loads(ln) for ln in (life.ctr.root / "containers" / cid / "log.jsonl").read_text().splitlines()]
+    assert entries[0]["log"] == "hello\n" and entries[0]["stream"] == "stdout"
+    assert {"log": "oops\n", "stream": "stderr"}.items() <= next(e for e in entries if e["stream"] == "stderr").items()
+    assert set(entries[0]) == {"log", "stream", "time"}
+
+    # exec: sees the container's files, writes land in its diff, codes pass through
+    assert life.ok("exec", "web", "cat", "/root/made") == "data\n"
+    assert life.ok("exec", "web", "sh", "-c", "echo from-exec > /root/exec-made") == ""
+    assert "A /root/exec-made" in life.ok("diff", "web").splitlines()
+    assert life("exec", "web", "sh", "-c", "exit 3").code == 3
+    r = life("exec", "web", "no-such-command")
+    assert r.code == 127
+    assert_one_error(r, "no-such-command")
+    assert life("exec", "web", "/etc/passwd").code == 126
+    assert life.ok("exec", "-e", "FOO=bar", "-w", "/root", "web", "sh", "-c", 'echo "$FOO $(pwd)"') == "bar /root\n"
+    assert life.ok("exec", "-u", "nobody", "web", "id", "-u") == "65534\n"
+    assert life.ok("exec", "-i", "web", "cat", input="piped\n") == "piped\n"
+    assert life.ok("exec", "web", "cat", input="ignored\n") == ""  # stdin is /dev/null without -i
+
+    # stop: SIGTERM is enough for sh; 143 recorded; the monitor is gone and nothing is left
+    assert life.ok("stop", "web") == "web\n"
+    rec = life.record("web")
+    assert rec["state"] == "exited" and rec["exit_code"] == 143
+    life.wait_for(lambda: not alive(rec["monitor_pid"]), what="the monitor to exit")
+    assert container_pids(cid) == [] and not alive(rec["pid"])
+    assert life.ok("stop", "web") == "web\n"  # stopping a stopped container is fine
+    r = life("exec", "web", "true")
+    assert r.code == 125
+    assert_one_error(r, "is not running")
+
+    # start: the same writable layer, the record goes exited -> running, the log grows
+    assert life.ok("start", "web") == "web\n"
+    rec2 = life.record("web")
+    assert rec2["state"] == "running" and rec2["exit_code"] is None and rec2["pid"] != rec["pid"]
+    assert life.ok("exec", "web", "cat", "/root/exec-made") == "from-exec\n"
+    life.wait_for(lambda: life.ok("logs", "web").count("hello\n") == 2, what="a second hello")
+    assert life.ok("start", "web") == "web\n"  # already running: left alone
+    assert life.record("web")["pid"] == rec2["pid"]
+
+    # wait prints the code once it stops
+    waiter = subprocess.Popen([sys.executable, "-m", "ctr", "wait", "web"], env=life.ctr.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        assert waiter.poll() is None
+        assert life.ok("kill", "-s", "HUP", "web") == "web\n"
+        out, err = waiter.communicate(timeout=20)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert (waiter.returncode, out) == (0, "129\n"), err
+    assert life.ok("wait", "web") == "129\n"
+
+    # rm removes everything
+    assert life.ok("rm", "web") == "web\n"
+    assert not (life.ctr.root / "containers" / cid).exists()
+    assert container_pids(cid) == []
+
+
+def test_stop_kills_after_timeout(life):
+    life.run_d("sh", "-c", 'trap "" TERM; echo ready; while true; do sleep 0.1; done', name="stubborn")
+    life.wait_for(lambda: life.ok("logs", "stubborn") == "ready\n", what="ready")
+    t = time.monotonic()
+    assert life.ok("stop", "-t", "1", "stubborn") == "stubborn\n"
+    took = time.monotonic() - t
+    assert 1.0 <= took < 8, took
+    rec = life.record("stubborn")
+    assert (rec["state"], rec["exit_code"]) == ("exited", 137)
+    assert container_pids(rec["id"]) == []
+
+
+def test_stop_time_zero_kills_at_once(life):
+    life.run_d("sleep", "100", name="s0")
+    t = time.monotonic()
+    life.ok("stop", "--time", "0", "s0")
+    assert time.monotonic() - t < 5
+    assert life.record("s0")["exit_code"] == 137
+
+
+def test_stop_ends_background_children_and_exec_sessions(life):
+    cid = life.run_d("sh", "-c", "sleep 1000 & sleep 1000", name="bg")
+    session = subprocess.Popen([sys.executable, "-m", "ctr", "exec", "bg", "sleep", "1000"], env=life.ctr.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        life.wait_for(lambda: len(container_pids(cid)) >= 3, what="three processes in the container")
+        for p in container_pids(cid):
+            life.pids.setdefault(p, start_time(p))
+        life.ok("stop", "-t", "0", "bg")
+        assert session.wait(timeout=20) == 137  # the exec session ended with the container
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert container_pids(cid) == []
+    assert all(not alive(p) for p in life.pids)
+
+
+def test_logs_follow_until_exit(life):
+    life.run_d("sh", "-c", "echo first; sleep 1; echo second; sleep 0.5; printf 'no newline'; exit 7", name="f")
+    t = time.monotonic()
+    r = life("logs", "-f", "f", timeout=30)
+    assert (r.code, r.out) == (0, "first\nsecond\nno newline")
+    assert time.monotonic() - t >= 1.0  # it really followed
+    assert life.ok("wait", "f") == "7\n"
+    assert life.ok("logs", "-f", "f") == "first\nsecond\nno newline"  # exited: returns at once
+
+
+def test_logs_follow_streams_while_running(life):
+    life.run_d("sh", "-c", "echo one; sleep 600", name="live")
+    pid = life.record("live")["pid"]
+    follower = subprocess.Popen([sys.executable, "-m", "ctr", "logs", "-f", "-n", "1", "live"], env=life.ctr.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follower.stdout.readline() == b"one\n"
+        # an exec session writes into the workload's stdout (the monitor's pipe): it shows up
+        life.ok("exec", "live", "sh", "-c", f"echo two > /proc/{pid}/fd/1")
+        assert follower.stdout.readline() == b"two\n"
+        life.ok("stop", "-t", "0", "live")
+        out, err = follower.communicate(timeout=20)
+        assert (follower.returncode, out) == (0, b""), err
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
+def test_logs_are_byte_exact(life):
+    life.run_d("sh", "-c", r"printf 'a\r\nb\377c\n\tlast'; printf 'E\n' >&2", name="bytes")
+    assert life.ok("wait", "bytes") == "0\n"
+    r = subprocess.run([sys.executable, "-m", "ctr", "logs", "bytes"], env=life.ctr.env, capture_output=True)
+    assert (r.stdout, r.stderr) == (b"a\r\nb\377c\n\tlast", b"E\n")
+
+
+def test_long_lines_are_split_but_reassembled(life):
+    life.run_d("sh", "-c", "i=0; while [ $i -lt 5000 ]; do printf 0123456789; i=$((i+1)); done; echo", name="long")
+    assert life.ok("wait", "long") == "0\n"
+    out = life.ok("logs", "long")
+    assert out == "0123456789" * 5000 + "\n"
+    cid = life.record("long")["id"]
+    assert len((life.ctr.root / "containers" / cid / "log.jsonl").read_text().splitlines()) == 4  # 16 KiB pieces
+
+
+# ----------------------------------------------------------------------------- run -d failures
+@pytest.mark.parametrize("opts, cmd, code, needle", [
+    ([], ["no-such-command"], 127, "no-such-command"),
+    ([], ["/etc/passwd"], 126, "/etc/passwd"),
+    (["-w", "/etc/passwd"], ["true"], 125, "cannot start"),
+])
+def test_run_d_fails_as_run_does(life, opts, cmd, code, needle):
+    r = life("run", "-d", "--driver", life.driver, "--name", "bad", *opts, life.image, *cmd)
+    assert r.code == code and r.out == ""
+    assert_one_error(r, needle)
+    rec = life.record("bad")
+    assert (rec["state"], rec["exit_code"]) == ("exited", code)
+    assert rec["error"]
+    fg = life("run", "--driver", life.driver, *opts, life.image, *cmd)
+    assert fg.code == code
+    assert fg.err.splitlines()[0] == r.err.splitlines()[0]
+    # start again fails the same way, per reference, exit 1
+    r = life("start", "bad")
+    assert r.code == 1
+    assert_one_error(r, needle)
+
+
+def test_run_d_rm_removes_after_exit(life):
+    cid = life.ok("run", "-d", "--rm", "--driver", life.driver, life.image, "sh", "-c", "sleep 0.3").strip()
+    life.wait_for(lambda: not (life.ctr.root / "containers" / cid).exists(), what="auto-removal")
+
+
+def test_run_d_image_errors_are_125(life):
+    r = life("run", "-d", "no-such-image", "true")
+    assert r.code == 125
+    assert_one_error(r, "no-such-image")
+
+
+# ----------------------------------------------------------------------------- the monitor
+def test_monitor_survives_its_shell_and_holds_nothing_of_it(life, tmp_path):
+    """`run -d` from a shell in its own session, with an extra inherited descriptor; kill the
+    whole session: the container keeps running, and its monitor has none of the caller's fds."""
+    extra = os.open(tmp_path / "held", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(extra, True)
+    cmd = (f"{sys.executable} -m ctr run -d --driver {life.driver} --name orphan {life.image} sleep 600 "
+           f"> {tmp_path}/id; sleep 600")
+    shell = subprocess.Popen(["sh", "-c", cmd], env=life.ctr.env, start_new_session=True, pass_fds=(extra,),
+                             stdin=subprocess.DEVNULL)
+    os.close(extra)
+    try:
+        life.wait_for(lambda: (tmp_path / "id").read_text().strip() if (tmp_path / "id").exists() else "",
+                      what="the id")
+        rec = life.record("orphan")
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+        time.sleep(0.2)
+        rec = life.record("orphan")
+        assert rec["state"] == "running" and alive(rec["pid"]) and alive(rec["monitor_pid"])
+        mon = rec["monitor_pid"]
+        # a session of its own (made by the intermediate child, which exited: the monitor is
+        # not a session leader, so it can never acquire a controlling terminal)
+        assert os.getsid(mon) not in (shell.pid, os.getsid(0), mon)
+        fds = {int(n): os.readlink(f"/proc/{mon}/fd/{n}") for n in os.listdir(f"/proc/{mon}/fd")}
+        assert fds[0] == fds[1] == fds[2] == "/dev/null"
+        assert str(tmp_path / "held") not in fds.values(), fds
+        assert sorted(t.split(":")[0] for n, t in fds.items() if n > 2) == sorted(
+            [str(life.ctr.root / "containers" / rec["id"] / "log.jsonl"), "anon_inode", "mnt", "pipe", "pipe"]), fds
+        assert os.readlink(f"/proc/{mon}/cwd") == "/"
+        assert Path(f"/proc/{mon}/comm").read_text().strip() == "ctr-monitor"
+        assert Path(f"/proc/{rec['pid']}/status").read_text().count("PPid:\t%d\n" % mon) == 1
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+
+
+@pytest.mark.parametrize("user", ["", "nobody"])
+def test_monitor_killed_is_reconciled(life, user):
+    """SIGKILL the monitor: the workload dies with it (PR_SET_PDEATHSIG) or, when a change of
+    user cleared that, on the next read; background children too. ps stops saying running."""
+    opts = ["-u", user] if user else []
+    cid = life.ok("run", "-d", "--driver", life.driver, "--name", "mk", *opts, life.image,
+                  "sh", "-c", "sleep 1000 & sleep 1000").strip()
+    rec = life.record(cid)
+    life.wait_for(lambda: len(container_pids(cid)) >= 2, what="two processes in the container")
+    for p in container_pids(cid):
+        life.pids.setdefault(p, start_time(p))
+    os.kill(rec["monitor_pid"], signal.SIGKILL)
+    life.wait_for(lambda: not alive(rec["monitor_pid"]), what="the monitor to die")
+    assert life.ok("ps", "-q") == ""  # reconciled on this read
+    rec = life.record("mk")
+    assert rec["state"] == "exited"
+    assert "monitor" in rec["error"] and str(rec["monitor_pid"]) in rec["error"]
+    assert rec["exit_code"] in (None, 137)
+    if user:  # setuid cleared the death signal: ctr killed it on the read
+        assert rec["exit_code"] == 137
+    assert container_pids(cid) == []
+    assert all(not alive(p) for p in life.pids)
+    assert life.ok("wait", "mk") == ("137\n" if rec["exit_code"] == 137 else "-1\n")
+    assert life.ok("rm", "-f", "mk") == "mk\n"
+    assert not (life.ctr.root / "containers" / cid).exists()
+
+
+def test_rm_f_running_leaves_nothing(life):
+    cid = life.run_d("sh", "-c", "sleep 1000 & sleep 1000", name="doomed")
+    life.wait_for(lambda: len(container_pids(cid)) >= 2, what="two processes in the container")
+    for p in container_pids(cid):
+        life.pids.setdefault(p, start_time(p))
+    r = life("rm", "doomed")
+    assert r.code == 1
+    assert_one_error(r, "running")
+    assert life.ok("rm", "-f", "doomed") == "doomed\n"
+    assert not (life.ctr.root / "containers" / cid).exists()
+    assert all(not alive(p) for p in life.pids), life.pids
+    assert container_pids(cid) == []
+
+
+# ----------------------------------------------------------------------------- verbs and refs
+def test_start_attach_runs_in_the_foreground(life):
+    life.run_d("sh", "-c", "echo run $(cat /root/n 2>/dev/null || echo 0); echo 1 > /root/n; exit 5", name="a")
+    assert life.ok("wait", "a") == "5\n"
+    r = life("start", "-a", "a")
+    assert (r.code, r.out) == (5, "run 1\n")
+    rec = life.record("a")
+    assert (rec["state"], rec["exit_code"], rec["monitor_pid"]) == ("exited", 5, None)
+    r = life("start", "-a", "a", "a")
+    assert r.code == 2
+    assert_one_error(r, "several")
+
+
+def test_kill_signals(life):
+    life.run_d("sleep", "100", name="k")
+    assert life.ok("kill", "-s", "SIGUSR1", "k") == "k\n"
+    assert life.ok("wait", "k") == str(128 + signal.SIGUSR1) + "\n"
+    life.ok("start", "k")
+    assert life.ok("kill", "-s", "15", "k") == "k\n"
+    assert life.ok("wait", "k") == "143\n"
+    life.ok("start", "k")
+    assert life.ok("kill", "k") == "k\n"  # default KILL
+    assert life.ok("wait", "k") == "137\n"
+    r = life("kill", "k")
+    assert r.code == 1
+    assert_one_error(r, "is not running")
+    r = life("kill", "-s", "NOPE", "k")
+    assert r.code == 2
+    assert_one_error(r, "invalid signal")
+
+
+def test_several_refs_report_each(life):
+    life.run_d("sleep", "100", name="one")
+    life.run_d("sleep", "100", name="two")
+    r = life("stop", "-t", "0", "one", "missing", "two")
+    assert r.code == 1 and r.out == "one\ntwo\n"
+    assert_one_error(r, "no such container: missing")
+    r = life("wait", "one", "missing", "two")
+    assert r.code == 1 and r.out == "137\n137\n"
+    r = life("start", "one", "missing", "two")
+    assert r.code == 1 and r.out == "one\ntwo\n"
+    r = life("kill", "missing", "one", "two")
+    assert r.code == 1 and r.out == "one\ntwo\n"
+
+
+@pytest.mark.parametrize("verb", [["logs"], ["logs", "-f"], ["stop"], ["kill"], ["wait"], ["start"],
+                                  ["exec", "true"]])
+def test_bad_refs_are_one_line(ctr, verb):
+    args = [verb[0], "nope", *verb[1:]] if verb[0] == "exec" else [*verb, "nope"]
+    r = ctr(*args)
+    assert r.code == (125 if verb[0] == "exec" else 1)
+    assert_one_error(r, "no such container: nope")
+
+
+def test_latest(life):
+    life.run_d("sleep", "100", name="older")
+    cid = life.run_d("sh", "-c", "echo newest; sleep 100", name="newer")
+    life.wait_for(lambda: life.ok("logs", "-l") == "newest\n", what="the newest's log")
+    assert life.ok("exec", "-l", "sh", "-c", "echo $HOSTNAME") == cid[:12] + "\n"
+    assert json.loads(life.ok("inspect", "-l"))[0]["name"] == "newer"
+    assert life.ok("stop", "-l", "-t", "0") == cid + "\n"
+    assert life.ok("wait", "-l") == "137\n"
+    assert life.state("older") == "running"
+    assert life.ok("diff", "-l") == ""
+    assert life.ok("rm", "-l") == cid + "\n"
+
+
+def test_usage_errors(ctr):
+    for args in (["logs"], ["stop"], ["wait"], ["exec"], ["logs", "-n", "x", "a"]):
+        r = ctr(*args)
+        assert r.code == 2, (args, r.err)
+        assert "Traceback" not in r.err
+
+
+def test_logs_of_foreground_run_are_empty(ctr, busybox_image):
+    ctr.ok("run", "--name", "fg", busybox_image, "echo", "hi")
+    assert ctr.ok("logs", "fg") == ""
+    assert ctr.ok("wait", "fg") == "0\n"
