@@ -28,6 +28,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -174,13 +175,13 @@ def module_closures(kernel: Kernel) -> dict[str, list[str]]:
 
 
 def cache_key(kernel: Kernel, busybox: Path, extra: str = "") -> str:
-    """What the cached archives depend on: kernel release and image, the modules'
-    dependency data, busybox, the init script and the module lists."""
+    """What the cached archives depend on: the kernel release and its modules (not the
+    image: a vmlinux and its bzImage share one), busybox, the init script, module lists."""
     h = hashlib.sha256()
     h.update(INIT_SCRIPT.encode())
     h.update(repr((TRANSPORT_MODULES, BASE_MODULES, OVERLAY_MODULES, DISK_MODULES,
                    kernel.release, extra)).encode())
-    for p in (kernel.image, busybox, kernel.modules and kernel.modules / "modules.dep"):
+    for p in (busybox, kernel.modules and kernel.modules / "modules.dep"):
         if p is not None:
             try:
                 st = Path(p).stat()
@@ -248,11 +249,22 @@ def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
         raise
 
 
+def _prune(cache: Path, release: str, keep: str) -> None:
+    """Remove builds for other keys of `release` once they are an hour old (a concurrent
+    run may still be about to copy a recent one)."""
+    for old in cache.glob(f"initramfs-{release}-*"):
+        try:
+            if not old.name.startswith(keep) and time.time() - old.stat().st_mtime > 3600:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def base_initramfs(kernel: Kernel, cache_dir: str | os.PathLike[str],
                    busybox: str | os.PathLike[str] | None = None) -> Initramfs:
     """The base initramfs for `kernel`, built once and cached in `cache_dir` as
     `initramfs-<release>-<key>.cpio` (+ `-disk.cpio`, `.json`); rebuilt when anything in
-    the key changes, and older builds for that release removed.  Concurrent builders are
+    the key changes; builds for older keys of the release are removed after an hour.  Concurrent builders are
     safe (atomic renames of identical content)."""
     bb = find_busybox(busybox)
     cache = Path(cache_dir)
@@ -264,6 +276,7 @@ def base_initramfs(kernel: Kernel, cache_dir: str | os.PathLike[str],
         try:
             info = json.loads(meta.read_text())
             closures = {k: tuple(v) for k, v in info["closures"].items()}
+            _prune(cache, kernel.release, stem)
             return Initramfs(path, disk, kernel.release, closures, key)
         except (OSError, ValueError, KeyError, AttributeError):
             pass
@@ -274,12 +287,7 @@ def base_initramfs(kernel: Kernel, cache_dir: str | os.PathLike[str],
     _atomic_write(meta, lambda f: f.write(json.dumps(
         {"release": kernel.release, "kernel": str(kernel.image), "busybox": str(bb),
          "closures": closures}, indent=2).encode() + b"\n"))
-    for old in cache.glob(f"initramfs-{kernel.release}-*"):
-        if not old.name.startswith(stem):
-            try:
-                old.unlink()
-            except OSError:
-                pass
+    _prune(cache, kernel.release, stem)
     return Initramfs(path, disk, kernel.release, {k: tuple(v) for k, v in closures.items()}, key)
 
 
