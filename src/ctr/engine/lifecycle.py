@@ -338,6 +338,11 @@ def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
     InvokeError, ctr's own failures as errors with exit code 125)."""
     c = get_container(ctx, ref)
     launch = exec_launch(c, opts)
+    if c.isolation != "process":
+        # joining namespaces is not enough there: the session would escape the container's
+        # capability cut, no_new_privs, rlimits and cgroups (and its pid 1 sits behind a relay)
+        raise DriverError(f"exec into {c.isolation} containers ({c.driver} driver) is not supported yet",
+                          hint=f"run the command as the container's own: `ctr run --isolation {c.isolation} ...`")
     if c.state != State.RUNNING.value or not proc.pid_alive(c.pid, c.pid_start):
         raise Conflict(f"container {ref} is not running", hint=f"start it with `ctr start {ref}`")
     try:
