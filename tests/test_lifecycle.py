@@ -245,6 +245,21 @@ def test_stop_ends_background_children_and_exec_sessions(life):
     assert all(not alive(p) for p in life.pids)
 
 
+def test_stop_ends_nested_namespaces_and_chroots(life):
+    """Processes that made a mount namespace of their own, or chroot'ed deeper, are still the
+    container's: the monitor finds them (root mount, namespace inode) and ends them."""
+    cid = life.run_d("sh", "-c", "mkdir -p /jail/bin && cp /bin/busybox /jail/bin/ && "
+                     "busybox unshare -m /bin/busybox sleep 1001 & "
+                     "(sleep 0.2; busybox chroot /jail /bin/busybox sleep 1002) & sleep 1000", name="nest")
+    life.wait_for(lambda: len(container_pids(cid)) >= 3, what="three processes in the container")
+    procs = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in container_pids(cid)}
+    assert any(b"1001" in c for c in procs.values()) and any(b"1002" in c for c in procs.values()), procs
+    for p in procs:
+        life.pids.setdefault(p, start_time(p))
+    life.ok("stop", "-t", "0", "nest")
+    assert all(not alive(p) for p in procs), [Path(f"/proc/{p}/cmdline").read_bytes() for p in procs if alive(p)]
+
+
 def test_logs_follow_until_exit(life):
     life.run_d("sh", "-c", "echo first; sleep 1; echo second; sleep 0.5; printf 'no newline'; exit 7", name="f")
     t = time.monotonic()

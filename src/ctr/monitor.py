@@ -114,12 +114,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # ----------------------------------------------------------------------------- processes
 def container_processes(cid: str, mnt_ns: tuple[int, int] | None = None) -> list[int]:
-    """Every process inside container `cid`: those in its mount namespace.
-
-    With `mnt_ns` (device, inode) — only safe while the caller holds that namespace open, since
-    a freed namespace's inode is reused — match it exactly. Otherwise find the namespaces whose
-    root mount names the container's directory (`.../containers/<cid>/upper` for overlay,
-    `.../containers/<cid>/rootfs` for copy)."""
+    """Every process inside container `cid`: the members of each mount namespace whose root
+    mount names the container's directory (`.../containers/<cid>/upper` for overlay,
+    `.../containers/<cid>/rootfs` for copy) — which includes namespaces a workload made inside
+    its own — and, given `mnt_ns` (device, inode), every member of that namespace. The inode is
+    only safe while the caller holds the namespace open (a freed namespace's inode is reused);
+    it catches what the root mount cannot (a process that chroot'ed deeper sees no such line)."""
     try:
         own = os.stat("/proc/self/ns/mnt")
         own_id = (own.st_dev, own.st_ino)
@@ -136,21 +136,20 @@ def container_processes(cid: str, mnt_ns: tuple[int, int] | None = None) -> list
         ident = (st.st_dev, st.st_ino)
         if ident != own_id:
             groups.setdefault(ident, []).append(int(e.name))
-    if mnt_ns is not None:
-        return groups.get(mnt_ns, [])
     marker = f"/containers/{cid}/"
-    found = []
+    found = list(groups.pop(mnt_ns, [])) if mnt_ns is not None else []
     for pids in groups.values():
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/mountinfo") as f:
-                    roots = [line for line in f if line.split(" ", 5)[4:5] == ["/"]]
-            except (OSError, IndexError):
-                continue
-            if any(marker in line for line in roots):
-                found += pids
-            break
+        if any(_root_mount_names(pid, marker) for pid in pids):
+            found += pids
     return sorted(found)
+
+
+def _root_mount_names(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            return any(marker in line for line in f if line.split(" ", 5)[4:5] == ["/"])
+    except OSError:
+        return False
 
 
 def kill_processes(pids: list[int], timeout: float = LEFTOVER_SECONDS) -> list[int]:
