@@ -33,7 +33,10 @@ def error(message: str, hint: str | None = None) -> None:
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"Warning: {message}\n")
+    if use_color(sys.stderr):
+        sys.stderr.write(f"\x1b[33mWarning:\x1b[0m {message}\n")
+    else:
+        sys.stderr.write(f"Warning: {message}\n")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
@@ -129,7 +132,7 @@ class _Action:
     def _arg(self, token: str) -> Any:
         if token.startswith('"'):
             try:
-                return json.loads(token)
+                return json.loads(token, strict=False)
             except ValueError:
                 raise _template_error(f"template: bad string {token}", _TEMPLATE_HINT) from None
         if token.isdigit():
