@@ -187,6 +187,26 @@ def test_hang_ends_within_timeout_and_qemu_is_gone(vm, rootfs):
     assert 10 <= elapsed < 20
 
 
+@pytest.mark.skipif(shutil.which("mke2fs") is None, reason="mke2fs not installed (e2fsprogs)")
+def test_disk_root_persists_between_boots(vm, rootfs, tmp_path):
+    """A full VM's shape: the root is an ext4 disk (virtio-blk), not a 9p share."""
+    import subprocess
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(rootfs), str(disk)], check=True)
+    kernel, base, accel = vm
+    out = io.BytesIO()
+    for argv in (("sh", "-c", "echo kept > /tmp/note; grep ' / ' /proc/mounts"), ("cat", "/tmp/note")):
+        r = boot_and_run(GuestConfig(argv=argv, root_disk="/dev/vda"), kernel=kernel, initramfs=base,
+                         root=None, disk=disk, accel=accel, timeout=120, stdout=out, stderr=None)
+        assert r.exit_code == 0
+    assert out.getvalue().decode() == "/dev/vda / ext4 rw,relatime 0 0\nkept\n"
+    # the guest left the filesystem clean
+    check = subprocess.run(["e2fsck", "-n", str(disk)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_kvm_probe_answers_quickly(vm, tmp_path):
     kernel, base, _ = vm
     start = time.monotonic()

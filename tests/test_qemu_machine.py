@@ -108,8 +108,9 @@ def test_kernel_cmdline_tcg_has_tsc_and_no_pit_off():
     line = kernel_cmdline("tcg", tsc_khz=2596154).split()
     assert "tsc_early_khz=2596154" in line
     assert "console=ttyS0" in line and "panic=-1" in line and "quiet" in line
-    assert "mitigations=off" in line
+    assert "mitigations=off" in line and "pci=off" in line
     assert not any(a.startswith("pit") for a in line)
+    assert "pci=off" not in kernel_cmdline("tcg", "q35", tsc_khz=1).split()
 
 
 def test_kernel_cmdline_kvm_and_extras():

@@ -136,6 +136,11 @@ mark command exited
 (sleep 1; kill $c1 $c2) 2>/dev/null &
 wait $c1 $c2
 sync
+if [ "$CTR_ROOT_TYPE" = disk ]; then
+    # leave the VM's disk clean: unmount what init mounted, remount the root read-only
+    for m in dev/shm dev/pts dev sys proc; do umount "$R/$m" 2>/dev/null; done
+    mount -o remount,ro $R 2>/dev/null
+fi
 echo "exit $rc" >"$STATUS"
 poweroff -f
 """
