@@ -154,6 +154,15 @@ def test_stdin_is_forwarded(vm, rootfs):
     assert (code, out) == (0, "line one\nline two\n")
 
 
+def test_large_output_while_stdin_is_unread(vm, rootfs, tmp_path):
+    """A regular file as stdin that the guest never reads must not stall 2 MB of output."""
+    big = tmp_path / "in"
+    big.write_bytes(b"x" * (1 << 20))
+    with open(big, "rb") as f:
+        code, out, _ = run(vm, rootfs, "head", "-c", "2000000", "/dev/zero", stdin=f)
+    assert code == 0 and len(out) == 2000000
+
+
 def test_stdin_is_empty_by_default(vm, rootfs):
     assert run(vm, rootfs, "cat")[:2] == (0, "")
 

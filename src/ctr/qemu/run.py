@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+        pass
+
+
+def _pump_stdin(src: BinaryIO | int, sock: socket.socket) -> None:
+    """Copy the caller's stdin to the guest (in a thread: a guest that does not read its
+    stdin must not stall its output), then signal EOF."""
+    fd = src if isinstance(src, int) else src.fileno()
+    try:
+        while data := os.read(fd, 65536):
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
         pass
 
 
@@ -219,10 +232,9 @@ def boot_and_run(
             sock = pairs[name][0]
             sock.setblocking(False)
             sel.register(sock, selectors.EVENT_READ, name)
-        stdin_fd = None
         if stdin is not None:
-            stdin_fd = stdin if isinstance(stdin, int) else stdin.fileno()
-            sel.register(stdin_fd, selectors.EVENT_READ, "stdin")
+            threading.Thread(target=_pump_stdin, args=(stdin, pairs["ctr.stdin"][0]),
+                             name="ctr-vm-stdin", daemon=True).start()
         deadline = start + timeout
         open_ports = 3
         while open_ports:
@@ -235,15 +247,6 @@ def boot_and_run(
                     hint=_hang_hint(console, qemu_log, own_dir))
             for key, _ev in sel.select(timeout=min(remaining, 1.0)):
                 name = key.data
-                if name == "stdin":
-                    data = os.read(stdin_fd, 65536)  # type: ignore[arg-type]
-                    target = pairs["ctr.stdin"][0]
-                    if data:
-                        target.sendall(data)
-                    else:
-                        sel.unregister(stdin_fd)  # type: ignore[arg-type]
-                        target.shutdown(socket.SHUT_WR)
-                    continue
                 try:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                 except BlockingIOError:
@@ -262,8 +265,6 @@ def boot_and_run(
             if proc.poll() is not None and open_ports:
                 # qemu is gone; drain what is left in the sockets, then stop
                 for key in list(sel.get_map().values()):
-                    if key.data == "stdin":
-                        continue
                     sock = key.fileobj
                     while True:
                         try:
