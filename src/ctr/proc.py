@@ -39,6 +39,11 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 SYS_PIVOT_ROOT = 155  # x86_64
 SYS_SETNS = 308
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64
+OPEN_TREE_CLONE, AT_RECURSIVE, AT_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 0x1000, -100
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+MOUNT_ATTR = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "idmap": 0x100000}
+SUBIDS = 65536  # ids a mapped user namespace maps: 0..65535 inside
 
 _libc = None
 
@@ -280,10 +285,292 @@ def _passwd_gid(uid: int) -> int:
     return uid if uid == 0 else 0
 
 
+# --------------------------------------------------------------------------- capabilities
+CAPS = {name: bit for bit, name in enumerate((
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"))}
+# what a workload keeps when `Launch.drop_caps` is set: docker's default set (no SYS_ADMIN, so
+# no mount; no SYS_PTRACE, SYS_MODULE, NET_ADMIN, SYS_TIME, ...)
+DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+                "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE", "SETFCAP")
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+
+
+def _limit_caps(keep: Sequence[str], now: bool = False) -> None:
+    """Shrink the bounding set to `keep` (all root regains at exec), clear the ambient set and
+    empty the inheritable one; with `now`, also this process's own effective/permitted sets."""
+    import ctypes
+
+    bits = 0
+    for name in keep:
+        bits |= 1 << CAPS[name]
+    for cap in range(64):
+        if not bits & (1 << cap) and libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            if ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
+                break
+            _check(-1, f"dropping capability {cap} from the bounding set")
+    libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    hdr, data = Header(0x20080522, 0), (Data * 2)()
+    _check(libc().capget(ctypes.byref(hdr), data), "capget")
+    for i in range(2):
+        data[i].inheritable = 0
+        if now:
+            mine = (bits >> (32 * i)) & 0xFFFFFFFF
+            data[i].effective &= mine
+            data[i].permitted &= mine
+    _check(libc().capset(ctypes.byref(hdr), data), "capset")
+
+
+def _raise_effective_caps() -> None:
+    """Effective = permitted (setfsuid to a non-root id clears the file-related ones)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    hdr, data = Header(0x20080522, 0), (Data * 2)()
+    _check(libc().capget(ctypes.byref(hdr), data), "capget")
+    for i in range(2):
+        data[i].effective = data[i].permitted
+    _check(libc().capset(ctypes.byref(hdr), data), "capset")
+
+
+# --------------------------------------------------------------------------- mapped user namespace
+# As root, a launch with a user namespace and `map_root_to` maps ids 0..65535 inside to
+# map_root_to.. outside, and keeps the writable layer exactly as process isolation writes it:
+# the image's layers and the container's directory are covered (in a private mount namespace)
+# by id-mapped views of themselves, the overlay is mounted from the host side over them by
+# root acting as the mapped root (fsuid = map_root_to, all capabilities), so it writes
+# trusted.* xattrs and real whiteouts, and a file the workload creates as root lands on disk
+# owned by 0. Binds of host paths into the root are cloned before entering the namespace (so
+# directories the mapped root may not traverse are no obstacle) and attached after.
+def _new_userns(host: int, count: int = SUBIDS) -> int:
+    """A new user namespace mapping 0..count-1 to host..host+count-1, as a descriptor."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    r2, w2 = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # holds the namespace until its maps are written and it is opened
+        try:
+            os.close(r)
+            os.close(w2)
+            unshare(["user"])
+            os.write(w, b"1")
+            os.read(r2, 1)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(r2)
+    try:
+        if os.read(r, 1) != b"1":
+            raise OSError(errno.EPERM, "cannot create a user namespace")
+        for name in ("uid_map", "gid_map"):
+            _write(f"/proc/{pid}/{name}", f"0 {host} {count}\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(r)
+        os.close(w2)
+        os.waitpid(pid, 0)
+
+
+def _clone_tree(path: str, flags: Sequence[str] = (), userns: int | None = None, dir_fd: int = AT_FDCWD) -> int:
+    """A detached copy of the mount at `path` (recursive with "rec"), with the "ro", "nosuid",
+    "nodev", "noexec" flags set and, given `userns`, its owners mapped through it."""
+    rec = AT_RECURSIVE if "rec" in flags else 0
+    fd = _check(libc().syscall(SYS_OPEN_TREE, dir_fd, path.encode(),
+                               OPEN_TREE_CLONE | os.O_CLOEXEC | rec | (AT_EMPTY_PATH if not path else 0)),
+                f"cloning the mount at {path or 'fd %d' % dir_fd}")
+    attrs = 0
+    for name in flags:
+        attrs |= MOUNT_ATTR.get(name, 0) if name != "idmap" else 0
+    if userns is not None:
+        attrs |= MOUNT_ATTR["idmap"]
+    if attrs:
+        import struct
+
+        arg = struct.pack("QQQQ", attrs, 0, 0, userns or 0)
+        try:
+            _check(libc().syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | rec, arg, len(arg)),
+                   f"setting {'id-mapped ' if userns is not None else ''}mount attributes on {path}")
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _attach(fd: int, to_fd: int = AT_FDCWD, to_path: str = "") -> None:
+    _check(libc().syscall(SYS_MOVE_MOUNT, fd, b"", to_fd, to_path.encode(),
+                          MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)),
+           f"attaching a mount at {to_path or 'fd %d' % to_fd}")
+
+
+def _enter_mapped_userns(launch: Launch) -> dict[int, int]:
+    """Host side of a mapped user namespace (see above); returns the detached clones of the
+    in-root binds of host paths, by index in launch.mounts, to attach once inside."""
+    host = launch.map_root_to
+    assert host is not None
+    # what the rest of the setup imports, while Python's own files are reachable (the mapped
+    # root may not read them: a Python installed under /root, say)
+    import fcntl, resource, socket, struct  # noqa: E401,F401
+    unshare(["mnt"])
+    mount("none", "/", None, MS["rec"] | MS["private"])
+    userns = _new_userns(host)
+    inside = (launch.root or "").rstrip("/") + "/"
+    detached: dict[int, int] = {}
+    try:
+        for i, op in enumerate(launch.mounts):
+            if op.in_root:
+                if "bind" in op.flags and not (launch.root and op.source.startswith(inside)):
+                    try:
+                        detached[i] = _clone_tree(op.source, op.flags, userns if "idmap" in op.flags else None)
+                    except OSError:
+                        if not op.optional:
+                            raise
+            elif "idmap" in op.flags:  # cover the target with an id-mapped view of the source
+                fd = _clone_tree(op.source, op.flags, userns)
+                try:
+                    _attach(fd, AT_FDCWD, op.target)
+                finally:
+                    os.close(fd)
+            else:  # the overlay: mounted by root acting as the mapped root
+                libc().setfsgid(host)
+                libc().setfsuid(host)
+                try:
+                    _raise_effective_caps()
+                    _do_mount(op, None)
+                finally:
+                    libc().setfsuid(0)
+                    libc().setfsgid(0)
+        if launch.root is not None:
+            os.chdir(launch.root)  # still reachable as real root; kept across the next unshare
+        if "pid" in launch.namespaces:
+            # this process stays root on the host side, relays the one that enters the user
+            # namespace, and removes the container's cgroups when it has ended
+            signal.pthread_sigmask(signal.SIG_BLOCK, {*RELAYED, signal.SIGCHLD})
+            child = os.fork()
+            if child:
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+                _relay_pid1(child, [os.path.dirname(p) for p in cgroup_files(launch)])
+        _check(libc().setns(userns, CLONE["user"]), "joining the user namespace")
+    except BaseException:
+        for fd in detached.values():
+            os.close(fd)
+        raise
+    finally:
+        os.close(userns)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    os.setgroups([0])
+    if "pid" in launch.namespaces:
+        _check(libc().prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")  # dies with its relay
+    # no nested user namespaces: the workload cannot regain SYS_ADMIN over a namespace of its own
+    _write("/proc/sys/user/max_user_namespaces", "0\n")
+    return detached
+
+
+def _own_root_mount() -> int:
+    """In a mapped user namespace the root inherited from the host side is a locked mount,
+    which pivot_root refuses: cover it with a copy of itself (made here, so not locked)."""
+    fd = _clone_tree(".", ("rec",))
+    try:
+        _attach(fd, AT_FDCWD, ".")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _from_root(op: MountOp, root: str | None, root_fd: int) -> MountOp:
+    """A bind whose source lies inside the new root is reached through the root descriptor."""
+    inside = (root or "").rstrip("/") + "/"
+    if root and "bind" in op.flags and op.source.startswith(inside):
+        import dataclasses
+
+        return dataclasses.replace(op, source=f"/proc/self/fd/{root_fd}/{op.source[len(inside):]}")
+    return op
+
+
+# --------------------------------------------------------------------------- pid 1
+RELAYED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+SI_KERNEL = 0x80
+
+
+def _forward_until_exit(pid: int) -> int:
+    """Reap children until `pid` exits, passing it the signals somebody sent this process. A
+    signal the kernel sent (a terminal's ^C, a hangup) is not passed on: it reached the whole
+    foreground process group, the workload included. Returns pid's exit code."""
+    watch = {*RELAYED, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watch)
+    while True:
+        while True:
+            try:
+                done, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 125
+            if done == 0:
+                break
+            if done == pid:
+                return exit_code_from_status(status)
+        info = signal.sigwaitinfo(watch)
+        if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+            _kill(pid, info.si_signo)
+
+
+def _init(launch: Launch) -> None:
+    """pid 1 of a new pid namespace: fork the workload (the child returns, to be exec'd), then
+    stay as the container's init -- reap orphans, forward signals, exit with the workload's
+    status (as a code: the kernel does not let pid 1 kill itself with the workload's signal)."""
+    child = os.fork()
+    if child == 0:
+        if launch.tty:  # the workload gets the terminal's signals, not its ancestors
+            os.setpgid(0, 0)
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(0, os.getpgrp())
+            signal.signal(signal.SIGTTOU, old)
+        return
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe closes when the workload execs
+    try:
+        _limit_caps(("KILL",), now=True)
+        libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except OSError:
+        pass
+    os._exit(_forward_until_exit(child) & 0xFF)
+
+
+def cgroup_files(launch: Launch) -> list[str]:
+    """The cgroup.procs files a launch joins: one per line (cgroup v1 has one per controller)."""
+    return [p for p in (launch.cgroup_procs or "").split("\n") if p]
+
+
 def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
-    """Runs in the forked child: namespaces, mounts, root, identity. Raises on failure."""
+    """Runs in the forked child: namespaces, mounts, root, identity. Raises on failure.
+
+    With a pid namespace this process stays outside it as the relay (`_relay_pid1`); its child,
+    pid 1, sets up the root, joins the cgroups and becomes the container's init (`_init`)."""
     ns = list(launch.namespaces)
-    if "user" in ns:
+    # opened now, while reachable and by root: written from pid 1 (the relay stays outside)
+    cgroup_fds = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cgroup_files(launch)]
+    mapped = "user" in ns and launch.map_root_to is not None and os.geteuid() == 0
+    detached: dict[int, int] = {}
+    if mapped:
+        detached = _enter_mapped_userns(launch)
+        ns.remove("user")
+    elif "user" in ns:
         uid, gid = os.getuid(), os.getgid()
         unshare(["user"])
         host = launch.map_root_to if launch.map_root_to is not None else uid
@@ -294,10 +581,13 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
     unshare([n for n in ns if n != "pid"])
     if "pid" in ns:
         # the next child is pid 1 of the new namespace; this process relays its status
+        signal.pthread_sigmask(signal.SIG_BLOCK, {*RELAYED, signal.SIGCHLD})
         unshare(["pid"])
         pid = os.fork()
         if pid:
-            _relay_pid1(pid)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe must close
+            _relay_pid1(pid, [] if mapped else [os.path.dirname(p) for p in cgroup_files(launch)])
+        _check(libc().prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")  # dies with the relay
     if launch.hostname and "uts" in launch.namespaces:
         os.sethostname(launch.hostname) if hasattr(os, "sethostname") else _sethostname(launch.hostname)
     if "net" in launch.namespaces:
@@ -306,18 +596,27 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
         mount("none", "/", None, MS["rec"] | MS["private"])
     root_fd = None
     # mounts whose target is outside the root come first (the root itself, say)
-    for op in [m for m in launch.mounts if not m.in_root]:
+    for op in [m for m in launch.mounts if not m.in_root and not mapped]:
         _do_mount(op, None)
     if launch.root is not None:
-        root_fd = os.open(launch.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        for op in [m for m in launch.mounts if m.in_root]:
+        root_fd = _own_root_mount() if mapped else os.open(launch.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for i, op in enumerate(launch.mounts):
+            if not op.in_root:
+                continue
             try:
-                _do_mount(op, root_fd)
+                if i in detached:
+                    target = _open_in_root(root_fd, op.target, op.kind)
+                    try:
+                        _attach(detached.pop(i), target)
+                    finally:
+                        os.close(target)
+                else:
+                    _do_mount(_from_root(op, launch.root, root_fd), root_fd)
             except OSError:
                 if not op.optional:
                     raise
         _dev_links(root_fd)
-        os.chdir(launch.root)
+        os.fchdir(root_fd)
         if launch.pivot:
             pivot_root(".", ".")
             umount(".", detach=True)
@@ -325,26 +624,25 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
             os.chroot(".")
         os.chdir("/")
         os.close(root_fd)
-    if launch.cgroup_procs:
-        _write(launch.cgroup_procs, "0\n")
+    for fd in cgroup_fds:
+        os.write(fd, b"0\n")
+        os.close(fd)
     if pid1_hook:
         pid1_hook()
+    if "pid" in ns:
+        _init(launch)  # only the workload returns
     for name, value in launch.rlimits.items():
         import resource
 
         res = getattr(resource, name)
         resource.setrlimit(res, (value, value))
+    if launch.drop_caps:  # before setuid, which empties the effective set dropping needs
+        _limit_caps(DEFAULT_CAPS)
     if launch.user:
         uid, gid = _lookup_user(launch.user)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    if launch.drop_caps:
-        for cap in range(64):
-            try:
-                _check(libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop cap")
-            except OSError:
-                break
     if launch.no_new_privs:
         _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     try:
@@ -392,18 +690,16 @@ def _loopback_up() -> None:
         s.close()
 
 
-def _relay_pid1(pid: int) -> None:
-    """The process outside a new pid namespace: forward signals to its pid 1, then exit
-    with that process's status."""
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda s, f: _kill(pid, s))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    os._exit(exit_code_from_status(status) & 0xFF)
+def _relay_pid1(pid: int, cgroups: Sequence[str] = ()) -> None:
+    """The process outside a new pid namespace: forward signals sent to it to its pid 1, then
+    remove the container's `cgroups` (empty once pid 1 is gone: the kernel ends the namespace
+    with it) and exit with pid 1's status."""
+    code = _forward_until_exit(pid)
+    if cgroups:
+        from ctr.cgroups import remove
+
+        remove(list(cgroups), timeout=2.0)
+    os._exit(code & 0xFF)
 
 
 def _kill(pid: int, sig: int) -> None:

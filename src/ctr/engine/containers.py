@@ -191,6 +191,13 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
     user_env = parse_env(opts.env, opts.env_files)
     isolation = opts.isolation or ctx.config.isolation or "process"
     driver = select_driver(isolation, opts.driver, ctx.config.drivers.get(isolation))
+    memory, cpus = opts.memory, opts.cpus
+    if getattr(driver, "default_memory", None):  # sized like a VM: flag, else config, else driver
+        from ctr.units import parse_size
+
+        memory = memory or (parse_size(ctx.config.memory, "memory") if ctx.config.memory
+                            else driver.default_memory)  # type: ignore[attr-defined]
+        cpus = cpus or ctx.config.cpus or getattr(driver, "default_cpus", None)
     cid = secrets.token_hex(32)
     hostname = opts.hostname or cid[:12]
     env = container_env(image.config.env, user_env, hostname, opts.tty)
@@ -203,8 +210,8 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
         interactive=opts.interactive,
         tty=opts.tty,
         hostname=hostname,
-        memory=opts.memory,
-        cpus=opts.cpus,
+        memory=memory,
+        cpus=cpus,
     )
     c = Container(
         id=cid, name=opts.name or "", image=image.id, image_name=opts.image,
@@ -303,6 +310,9 @@ def inspect(ctx: Context, ref: str) -> dict:
         drv = get_driver(c.isolation, c.driver)
         d["driver_info"] = {"summary": drv.summary, "emulated": drv.emulated,
                             "cannot_capture": list(drv.cannot_capture)}
+        runtime = getattr(drv, "runtime_info", None)  # how the driver confined this container
+        if runtime is not None:
+            d["driver_info"].update(runtime(ctx.store, c))
     except CtrError:
         pass
     return d
