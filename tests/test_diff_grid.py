@@ -75,6 +75,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
                   "A /data/tree2/y/w", "A /data/tree2/y/z"]),
 }
 
+# `diff --format json` is checked on these (between them: A, C and D, empty, a new dir's children)
+JSON_CASES = ["rename", "recreate_dir", "file_to_dir", "nothing", "hardlink", "move_dir"]
+
 
 def add_data_tree(root: Path) -> None:
     d = root / "data"
@@ -158,7 +161,7 @@ def grid(tmp_path_factory):
         name = f"{case}-{driver}"
         r = ctr("run", "--name", name, "--driver", driver, "grid", "sh", "-c", CASES[case][0])
         d = ctr("diff", name)
-        j = ctr("diff", "--format", "json", name)
+        j = ctr("diff", "--format", "json", name) if case in JSON_CASES else None
         return {"run": r, "diff": d, "json": j}
 
     results: dict[tuple[str, str], dict] = {}
@@ -210,7 +213,7 @@ def test_drivers_agree(grid, case):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-@pytest.mark.parametrize("case", ["rename", "recreate_dir", "file_to_dir", "nothing", "hardlink"])
+@pytest.mark.parametrize("case", JSON_CASES)
 def test_diff_json_groups(grid, case, driver):
     res = _result(grid, case, driver)
     assert res["json"].code == 0, res["json"]
@@ -223,9 +226,11 @@ def test_diff_json_groups(grid, case, driver):
     assert got == want
 
 
-def test_json_matches_table_everywhere(grid):
+def test_json_matches_table(grid):
     key = {"A": "added", "C": "changed", "D": "deleted"}
     for (case, driver), res in grid["results"].items():
+        if res["json"] is None:
+            continue
         want: dict[str, list[str]] = {"added": [], "changed": [], "deleted": []}
         for line in lines(res["diff"].out):
             kind, path = line.split(" ", 1)
