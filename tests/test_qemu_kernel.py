@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ctr.errors import DriverError
-from ctr.qemu.kernel import (Kernel, extract_vmlinux, find_kernel, image_release,
+from ctr.qemu.kernel import (Kernel, _safe_rel, extract_vmlinux, find_kernel, image_release,
                              import_kernel, kernel_from_path, list_kernels)
 
 from test_qemu_fakes import make_bzimage, make_kernel_deb, make_modules_tree, make_vmlinux
@@ -119,3 +119,10 @@ def test_explicit_missing_kernel_is_an_error(tmp_path):
         find_kernel(tmp_path / "nope", env={}, **NO_HOST)
     with pytest.raises(DriverError):
         find_kernel(None, env={"CTR_KERNEL": str(tmp_path / "nope")}, **NO_HOST)
+
+
+def test_tar_member_names_are_made_safe():
+    assert str(_safe_rel("./boot/vmlinuz-1")) == "boot/vmlinuz-1"
+    assert str(_safe_rel("/lib/modules/x")) == "lib/modules/x"
+    assert _safe_rel("./") is None and _safe_rel("../etc/passwd") is None
+    assert _safe_rel("lib/modules/../../x") is None

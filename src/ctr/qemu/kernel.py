@@ -266,10 +266,13 @@ def _open_deb_data(f: BinaryIO) -> tarfile.TarFile:
 
 
 def _safe_rel(name: str) -> PurePosixPath | None:
-    p = PurePosixPath(name.lstrip("./") if name.startswith("./") else name.lstrip("/"))
-    if not p.parts or ".." in p.parts:
+    """A tar member name as a relative path ("./boot/x" -> "boot/x"); None if it is empty
+    or climbs out with "..": such members are skipped."""
+    p = PurePosixPath(name)
+    parts = [part for part in p.parts if part not in ("/", ".")]
+    if not parts or ".." in parts:
         return None
-    return p
+    return PurePosixPath(*parts)
 
 
 def _import_deb(src: Path, work: Path) -> tuple[Path, Path | None, str]:
