@@ -495,3 +495,30 @@ def test_logs_of_foreground_run_are_empty(ctr, busybox_image):
     ctr.ok("run", "--name", "fg", busybox_image, "echo", "hi")
     assert ctr.ok("logs", "fg") == ""
     assert ctr.ok("wait", "fg") == "0\n"
+
+
+def test_log_write_failure_loses_output_not_the_container():
+    """A log that cannot be written (a full disk: /dev/full) drops the output and says so."""
+    from ctr.monitor import LineWriter
+
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        LineWriter.lost = ""
+        w = LineWriter(fd, "stdout")
+        w.feed(b"one\ntwo")
+        w.flush()
+        assert "No space left on device" in LineWriter.lost
+    finally:
+        LineWriter.lost = ""
+        os.close(fd)
+
+
+def test_log_entries_round_trip():
+    from ctr.monitor import log_entry, parse_entry, timestamp
+
+    raw = b"caf\xc3\xa9 \xff\x00\r\n"
+    line = log_entry(raw, "stderr", 1_700_000_000_123_456_789)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert parse_entry(line) == ("2023-11-14T22:13:20.123456789Z", "stderr", raw)
+    assert timestamp(5) == "1970-01-01T00:00:00.000000005Z"
+    assert parse_entry(b'{"log": "x"') is None and parse_entry(b"[]") is None

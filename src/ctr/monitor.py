@@ -75,7 +75,11 @@ def parse_entry(line: bytes) -> tuple[str, str, bytes] | None:
 
 
 class LineWriter:
-    """Splits a stream into lines and appends them to the log file as json-file entries."""
+    """Splits a stream into lines and appends them to the log file as json-file entries.
+    A failed write (a full disk, say) loses that output, not the container: the first error
+    is kept in `lost` and recorded with the exit."""
+
+    lost: str = ""
 
     def __init__(self, log_fd: int, stream: str):
         self.fd, self.stream, self.buf = log_fd, stream, b""
@@ -94,12 +98,18 @@ class LineWriter:
                 piece, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
             out.append(log_entry(piece, self.stream, now))
         if out:
-            _write_all(self.fd, b"".join(out))
+            self._append(b"".join(out))
 
     def flush(self) -> None:
         if self.buf:
-            _write_all(self.fd, log_entry(self.buf, self.stream, time.time_ns()))
+            self._append(log_entry(self.buf, self.stream, time.time_ns()))
             self.buf = b""
+
+    def _append(self, data: bytes) -> None:
+        try:
+            _write_all(self.fd, data)
+        except OSError as e:
+            LineWriter.lost = LineWriter.lost or f"output was lost: writing the log failed: {e.strerror or e}"
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -158,7 +168,7 @@ def kill_processes(pids: list[int], timeout: float = LEFTOVER_SECONDS) -> list[i
     marks = [(p, proc.pid_start_time(p)) for p in pids]
     for pid, start in marks:
         if start is not None:
-            _signal(pid, start, signal.SIGKILL)
+            send_signal(pid, start, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     left = marks
     while True:
@@ -173,7 +183,7 @@ def kill_processes(pids: list[int], timeout: float = LEFTOVER_SECONDS) -> list[i
         time.sleep(0.005)
 
 
-def _signal(pid: int, start: int | None, sig: int) -> bool:
+def send_signal(pid: int, start: int | None, sig: int) -> bool:
     """Send `sig` to `pid` only if it is still the process that started at `start`."""
     try:
         fd = os.pidfd_open(pid)
@@ -355,10 +365,10 @@ def supervise(ctx: "Context", cid: str, reporter: Reporter, image: "Image | None
         x.started, x.finished, x.exit_code, x.error = now_iso(), None, None, ""
 
     if update(ctx, cid, mark) is None:  # removed while starting: do not run unsupervised
-        _signal(pid, started.start_time, signal.SIGKILL)
+        send_signal(pid, started.start_time, signal.SIGKILL)
     reporter.send({"ok": True, "pid": pid})
     for sig in FORWARD:
-        signal.signal(sig, lambda s, f: _signal(pid, started.start_time, s))
+        signal.signal(sig, lambda s, f: send_signal(pid, started.start_time, s))
 
     code = _pump(pid, pipes)
     kill_processes(container_processes(cid, mnt_ns))
@@ -373,6 +383,7 @@ def supervise(ctx: "Context", cid: str, reporter: Reporter, image: "Image | None
         if x.state != State.REMOVING.value:
             x.state = State.EXITED.value
         x.exit_code, x.finished = code, now_iso()
+        x.error = LineWriter.lost
 
     _retry(lambda: update(ctx, cid, done))
     if c.auto_remove:
@@ -456,14 +467,15 @@ def _record_failure(ctx: "Context", cid: str, code: int | None, message: str) ->
 
 
 def _retry(fn, attempts: int = 5) -> None:
-    """The store lock may be busy for a while (LOCK_TIMEOUT each); the exit must be recorded."""
+    """The exit must be recorded: the store lock may be busy for a while (LOCK_TIMEOUT each),
+    the disk full for a moment."""
     from ctr.errors import StoreError
 
     for i in range(attempts):
         try:
             fn()
             return
-        except StoreError:
+        except (StoreError, OSError):
             if i == attempts - 1:
                 raise
-            time.sleep(0.1)
+            time.sleep(0.2 * (i + 1))

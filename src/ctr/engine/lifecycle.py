@@ -140,7 +140,7 @@ def parse_signal(spec: str) -> int:
 
 def kill(ctx: Context, ref: str, sig: int) -> Container:
     c = get_container(ctx, ref)
-    if c.state != State.RUNNING.value or not monitor._signal(c.pid, c.pid_start, sig):
+    if c.state != State.RUNNING.value or not monitor.send_signal(c.pid, c.pid_start, sig):
         raise Conflict(f"container {ref} is not running")
     return c
 
@@ -152,11 +152,11 @@ def stop(ctx: Context, ref: str, timeout: float = STOP_TIMEOUT) -> Container:
     if c.state != State.RUNNING.value:
         return c
     if timeout > 0:
-        monitor._signal(c.pid, c.pid_start, signal.SIGTERM)
+        monitor.send_signal(c.pid, c.pid_start, signal.SIGTERM)
         done = wait_stopped(ctx, c, timeout)
         if done is None or done.state != State.RUNNING.value:
             return done or c
-    monitor._signal(c.pid, c.pid_start, signal.SIGKILL)
+    monitor.send_signal(c.pid, c.pid_start, signal.SIGKILL)
     done = wait_stopped(ctx, c, KILL_WAIT)
     if done is not None and done.state == State.RUNNING.value:
         raise CtrError(f"container {ref} did not stop within {timeout + KILL_WAIT:g}s of being killed",
@@ -227,7 +227,14 @@ def reconcile_orphan(ctx: Context, c: Container) -> Container:
         x.error = (f"the container's monitor (pid {c.monitor_pid}) died; "
                    + ("ctr killed the workload" if alive else "the workload's exit code was not recorded"))
 
-    return update(ctx, c.id, mark) or c
+    try:
+        return update(ctx, c.id, mark) or c
+    except OSError:  # the record cannot be written (a full disk): report it as it is, retry next read
+        import copy
+
+        shown = copy.deepcopy(c)
+        mark(shown)
+        return shown
 
 
 def terminate(ctx: Context, c: Container) -> None:
