@@ -480,3 +480,48 @@ def test_parse_until_forms():
     assert parse_until("2024-01-01T00:00:00Z", now) == datetime(2024, 1, 1, tzinfo=timezone.utc)
     assert parse_until("1700000000", now) == datetime.fromtimestamp(1700000000, timezone.utc)
     assert parse_until("2024-01-01", now).date().isoformat() == "2024-01-01"
+
+
+def test_merged_walk_keeps_to_one_filesystem(tmp_path):
+    """The host root as a layer: other filesystems mounted in it show as empty directories,
+    hidden directories (/tmp, the store) contribute nothing, the upper layer's whiteouts
+    apply."""
+    from ctr.images.layers import Layer, write_merged_tar
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a tmpfs mount and a whiteout device)")
+    root, upper = tmp_path / "r", tmp_path / "u"
+    for d in (root / "etc", root / "mnt", root / "tmp", upper / "etc"):
+        d.mkdir(parents=True)
+    (root / "etc" / "f").write_text("f")
+    (root / "etc" / "keep").write_text("k")
+    (root / "tmp" / "secret").write_text("s")
+    (upper / "etc" / "g").write_text("g")
+    os.mknod(upper / "etc" / "f", 0o600 | 0o020000, os.makedev(0, 0))  # a whiteout
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "mnt")], check=True)
+    try:
+        (root / "mnt" / "other").write_text("o")
+        buf = io.BytesIO()
+        write_merged_tar(buf, [Layer(str(root), single_device=True, hidden=frozenset({"tmp"})),
+                               Layer(str(upper))])
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=True)
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as t:
+        assert t.getnames() == ["etc", "etc/g", "etc/keep", "mnt", "tmp"]
+
+
+def test_commit_and_export_of_a_sandbox_container(ctr, bb, tmp_path):
+    """hyperv isolation's sandbox driver keeps the same writable layer: commit and export
+    work on it unchanged (ownership as the container saw it, through the id mapping)."""
+    info = json.loads(ctr.ok("info", "--format", "json"))
+    if not any(d["Isolation"] == "hyperv" and d["Driver"] == "sandbox" and d["Usable"] for d in info["Drivers"]):
+        pytest.skip("the sandbox driver is not usable here")
+    r = ctr("run", "--name", "hv", "--isolation", "hyperv", "--driver", "sandbox", bb, "sh", "-c",
+            "echo hv > /data/hv && chown 65534:65534 /data/hv && rm /data/del.txt && " + LISTING)
+    assert r.code == 0, r
+    ctr.ok("commit", "hv", "hvimg")
+    before = parse_listing(r.out)
+    assert before["/data/hv"]["owner"] == "65534:65534"
+    assert diff_views(before, view_of(ctr, "hvimg", "overlay")) == []
+    ctr.ok("export", "hv", "-o", str(tmp_path / "hv.tar"))
+    assert diff_views(before, tar_view((tmp_path / "hv.tar").read_bytes())) == []

@@ -13,11 +13,12 @@ app = typer.Typer(help="Manage images.", no_args_is_help=True)
 
 @app.command("import")
 def import_(
-    source: str = typer.Argument(..., help="A directory, or a tar archive (plain, gzip, bzip2, xz); - for stdin"),
+    source: str = typer.Argument(..., help="A root filesystem (directory or tar: plain, gzip, bzip2, xz), an OCI "
+                                 "layout or archive, or a docker-save archive; - for stdin"),
     name: Optional[str] = typer.Argument(None, help="NAME[:TAG] to give the image"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the image id"),
 ) -> None:
-    """Import a root filesystem as a new image."""
+    """Import a root filesystem, an OCI image or a docker-save archive as an image."""
     from ctr import output
     from ctr.engine import images as ie
 

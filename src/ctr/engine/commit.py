@@ -195,7 +195,7 @@ def merged_layers(ctx: Context, c: Container, image: Image) -> list[lt.Layer]:
     rootfs = store.container_path(c.id, "rootfs")
     if upper.is_dir():
         if image.builtin:
-            stack = [lt.Layer("/", single_device=True)]
+            stack = [lt.Layer("/", single_device=True, hidden=_host_hidden(store.root))]
         else:
             stack = [lt.Layer(str(store.layer_dir(d))) for d in image.layers]
             init = store.container_path(c.id, "init")
@@ -206,6 +206,12 @@ def merged_layers(ctx: Context, c: Container, image: Image) -> list[lt.Layer]:
         return [lt.Layer(str(rootfs))]
     raise DriverError(f"container {c.name} ({c.driver} driver) has no filesystem ctr can read",
                       hint="commit and export work with the overlay and copy drivers")
+
+
+def _host_hidden(store_root: Path) -> frozenset[str]:
+    """What the host root does not contribute to an export: /tmp (a container has a fresh
+    one), and ctr's own store (other containers' data)."""
+    return frozenset({"tmp", str(store_root).strip("/")})
 
 
 def export_container(ctx: Context, ref: str, out: BinaryIO) -> ExportReport:

@@ -347,10 +347,12 @@ def _open_parent(root: int, parts: list[str]) -> int | None:
 @dataclass
 class Layer:
     """One directory of a stack. `single_device`: the host root, whose other filesystems
-    are not part of it (as with overlayfs over `/`)."""
+    are not part of it (as with overlayfs over `/`). `hidden`: directories (relative paths)
+    whose contents this layer does not contribute (shown empty)."""
 
     path: str
     single_device: bool = False
+    hidden: frozenset[str] = frozenset()
 
 
 def write_merged_tar(out: BinaryIO, layers: list[Layer]) -> TarSummary:
@@ -360,11 +362,9 @@ def write_merged_tar(out: BinaryIO, layers: list[Layer]) -> TarSummary:
     try:
         for layer in reversed(layers):  # top first from here on
             fds.append(_open_dir(layer.path))
-        devs = [os.fstat(fd).st_dev if layer.single_device else None
-                for fd, layer in zip(fds, reversed(layers))]
         stack = []
-        for fd, dev in zip(fds, devs):
-            stack.append((fd, dev))
+        for fd, layer in zip(fds, reversed(layers)):
+            stack.append(_Dir(fd, os.fstat(fd).st_dev if layer.single_device else None, layer.hidden))
             if _opaque_fd(fd):
                 break
         _walk_merged(w, stack, "")
@@ -378,13 +378,22 @@ def write_merged_tar(out: BinaryIO, layers: list[Layer]) -> TarSummary:
     return w.summary
 
 
-def _walk_merged(w: LayerTar, stack: list[tuple[int, int | None]], rel: str) -> None:
-    """`stack`: (fd, device) of this directory in each layer that shows through, top first;
-    a device limits that layer to one filesystem."""
+@dataclass
+class _Dir:
+    fd: int
+    dev: int | None  # entries on other devices are not part of this layer
+    hidden: frozenset[str]
+
+
+def _walk_merged(w: LayerTar, stack: list[_Dir], rel: str) -> None:
+    """`stack`: this directory in each layer that shows through, top first."""
     listings = []
-    for fd, dev in stack:
-        listings.append({name: st for name, st in _entries(fd)
-                         if dev is None or st.st_dev == dev or stat.S_ISDIR(st.st_mode)})
+    for d in stack:
+        if rel in d.hidden:
+            listings.append({})
+            continue
+        listings.append({name: st for name, st in _entries(d.fd)
+                         if d.dev is None or st.st_dev == d.dev or stat.S_ISDIR(st.st_mode)})
     names = sorted(set().union(*listings)) if listings else []
     for name in names:
         top = next(i for i, lst in enumerate(listings) if name in lst)
@@ -393,11 +402,11 @@ def _walk_merged(w: LayerTar, stack: list[tuple[int, int | None]], rel: str) -> 
             continue
         path = _join(rel, name)
         if not stat.S_ISDIR(st.st_mode):
-            w.entry(path, stack[top][0], name, st)
+            w.entry(path, stack[top].fd, name, st)
             continue
         # the directory in the layer that has it on top, then in each layer below until one
         # has something else there or the directory is opaque
-        sub: list[tuple[int, int | None]] = []
+        sub: list[_Dir] = []
         try:
             for i in range(top, len(stack)):
                 low = listings[i].get(name)
@@ -405,26 +414,26 @@ def _walk_merged(w: LayerTar, stack: list[tuple[int, int | None]], rel: str) -> 
                     continue
                 if is_whiteout(low) or not stat.S_ISDIR(low.st_mode):
                     break
-                fd, dev = stack[i]
-                if dev is not None and low.st_dev != dev:
+                d = stack[i]
+                if d.dev is not None and low.st_dev != d.dev:
                     break  # another filesystem is mounted here: not part of the layer
                 try:
-                    nfd = _open_dir(name, fd)
+                    nfd = _open_dir(name, d.fd)
                 except (FileNotFoundError, NotADirectoryError):
                     break
                 except OSError as e:
                     if e.errno == errno.ELOOP:
                         break
                     raise
-                sub.append((nfd, dev))
+                sub.append(_Dir(nfd, d.dev, d.hidden))
                 if _opaque_fd(nfd):
                     break
-            w.entry(path, stack[top][0], name, os.fstat(sub[0][0]) if sub else st)
+            w.entry(path, stack[top].fd, name, os.fstat(sub[0].fd) if sub else st)
             if sub:
                 _walk_merged(w, sub, path)
         finally:
-            for nfd, _ in sub:
-                os.close(nfd)
+            for d in sub:
+                os.close(d.fd)
 
 
 # ----------------------------------------------------------------------------- plumbing
