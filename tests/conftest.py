@@ -81,7 +81,7 @@ def make_rootfs(dest: Path) -> Path:
     for applet in ("sh", "echo", "cat", "ls", "rm", "mkdir", "mv", "ln", "chmod", "touch", "id",
                    "true", "false", "sleep", "kill", "env", "pwd", "hostname", "stat", "cp", "rmdir",
                    "printf", "sync", "test", "uname", "wc", "head", "dd", "truncate", "chown",
-                   "find", "md5sum", "readlink", "xargs", "sort", "mkfifo"):
+                   "find", "md5sum", "readlink", "xargs", "sort", "mkfifo", "tail", "mount", "timeout", "ifconfig"):
         os.symlink("busybox", dest / "bin" / applet)
     (dest / "etc").mkdir()
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")

@@ -458,14 +458,6 @@ def _enter_mapped_userns(launch: Launch) -> dict[int, int]:
                     libc().setfsgid(0)
         if launch.root is not None:
             os.chdir(launch.root)  # still reachable as real root; kept across the next unshare
-        if "pid" in launch.namespaces:
-            # this process stays root on the host side, relays the one that enters the user
-            # namespace, and removes the container's cgroups when it has ended
-            signal.pthread_sigmask(signal.SIG_BLOCK, {*RELAYED, signal.SIGCHLD})
-            child = os.fork()
-            if child:
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                _relay_pid1(child, [os.path.dirname(p) for p in cgroup_files(launch)])
         _check(libc().setns(userns, CLONE["user"]), "joining the user namespace")
     except BaseException:
         for fd in detached.values():
@@ -476,8 +468,6 @@ def _enter_mapped_userns(launch: Launch) -> dict[int, int]:
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
     os.setgroups([0])
-    if "pid" in launch.namespaces:
-        _check(libc().prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")  # dies with its relay
     # no nested user namespaces: the workload cannot regain SYS_ADMIN over a namespace of its own
     _write("/proc/sys/user/max_user_namespaces", "0\n")
     return detached
@@ -552,6 +542,33 @@ def _init(launch: Launch) -> None:
     os._exit(_forward_until_exit(child) & 0xFF)
 
 
+def _janitor(groups: list[str]) -> tuple[int, int]:
+    """Fork the process that removes the container's cgroups: it stays root in the host's
+    namespaces (the relay moves into the container's, and pivot_root takes /sys from it), and
+    acts when the relay says pid 1 is gone, or when the relay itself is gone (killed).
+    Returns (its pid, the descriptor the relay keeps open)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.closerange(3, r)  # the status pipe above all: start() waits for it to close
+            os.closerange(r + 1, os.sysconf("SC_OPEN_MAX"))
+            os.setsid()  # a terminal's ^C is for the workload, not for this
+            while True:
+                try:
+                    os.read(r, 1)
+                    break
+                except InterruptedError:
+                    continue
+            from ctr.cgroups import remove
+
+            remove(groups)
+        finally:
+            os._exit(0)
+    os.close(r)
+    return pid, w
+
+
 def cgroup_files(launch: Launch) -> list[str]:
     """The cgroup.procs files a launch joins: one per line (cgroup v1 has one per controller)."""
     return [p for p in (launch.cgroup_procs or "").split("\n") if p]
@@ -565,6 +582,7 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
     ns = list(launch.namespaces)
     # opened now, while reachable and by root: written from pid 1 (the relay stays outside)
     cgroup_fds = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cgroup_files(launch)]
+    janitor = _janitor([os.path.dirname(p) for p in cgroup_files(launch)]) if cgroup_fds and "pid" in ns else None
     mapped = "user" in ns and launch.map_root_to is not None and os.geteuid() == 0
     detached: dict[int, int] = {}
     if mapped:
@@ -585,8 +603,12 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
         unshare(["pid"])
         pid = os.fork()
         if pid:
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe must close
-            _relay_pid1(pid, [] if mapped else [os.path.dirname(p) for p in cgroup_files(launch)])
+            keep = janitor[1] if janitor else os.sysconf("SC_OPEN_MAX")
+            os.closerange(3, keep)  # the status pipe must close
+            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+            _relay_pid1(pid, janitor)
+        if janitor:
+            os.close(janitor[1])
         _check(libc().prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")  # dies with the relay
     if launch.hostname and "uts" in launch.namespaces:
         os.sethostname(launch.hostname) if hasattr(os, "sethostname") else _sethostname(launch.hostname)
@@ -690,15 +712,24 @@ def _loopback_up() -> None:
         s.close()
 
 
-def _relay_pid1(pid: int, cgroups: Sequence[str] = ()) -> None:
+def _relay_pid1(pid: int, janitor: tuple[int, int] | None = None) -> None:
     """The process outside a new pid namespace: forward signals sent to it to its pid 1, then
-    remove the container's `cgroups` (empty once pid 1 is gone: the kernel ends the namespace
-    with it) and exit with pid 1's status."""
+    (pid 1 gone, and with it every process of the namespace) let the janitor remove the
+    container's cgroups, and exit with pid 1's status."""
     code = _forward_until_exit(pid)
-    if cgroups:
-        from ctr.cgroups import remove
-
-        remove(list(cgroups), timeout=2.0)
+    if janitor:
+        try:
+            os.write(janitor[1], b"x")
+        except OSError:  # it is gone already
+            pass
+        while True:
+            try:
+                os.waitpid(janitor[0], 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
     os._exit(code & 0xFF)
 
 

@@ -58,11 +58,9 @@ def get_driver(isolation: str, name: str) -> Driver:
     modname = MODULES[(isolation, name)]
     try:
         module = importlib.import_module(modname)
-    except ModuleNotFoundError as e:
-        if e.name != modname:
-            raise
-        return Unavailable(isolation, name, "not yet available in this version of ctr")
     except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == modname:
+            return Unavailable(isolation, name, "not yet available in this version of ctr")
         return Unavailable(isolation, name, f"cannot be loaded: {e}")
     cls = _driver_class(isolation, name, module)
     if cls is None:

@@ -116,8 +116,8 @@ class SandboxDriver(OverlayDriver):
     name = "sandbox"
     isolation = "hyperv"
     emulated = True
-    summary = ("emulated utility VM, sharing the host kernel: own user, PID, IPC, UTS, network "
-               "(loopback only) and mount namespaces, private /proc /dev /tmp, cgroup caps")
+    summary = ("an emulated utility VM that shares the host kernel: own user, PID, IPC, UTS, "
+               "network (loopback only) and mount namespaces, private /proc /dev /tmp, cgroup caps")
     default_memory = DEFAULT_MEMORY
     default_cpus = DEFAULT_CPUS
 
