@@ -284,6 +284,10 @@ def test_cli_generate(ctr, tmp_path):
     assert "no RuntimeClass" in r.err
     validate(yaml.safe_load(out.read_text().split("---", 1)[1]))
 
+    (tmp_path / "config.yaml").write_text("hyperv_runtime_class: Not_A_Label\n")
+    r = ctr("kube", "generate", "web_1")
+    assert r.code == 2 and r.out == "" and "hyperv_runtime_class 'Not_A_Label'" in r.err
+
 
 @needs_root
 def test_cli_generate_hyperv_class_from_config(ctr, tmp_path):

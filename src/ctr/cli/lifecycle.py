@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import ctx, fail_if_any
+from ctr.cli.common import complete_container, container_completer, ctx, fail_if_any
 
 CONTEXT = {"allow_interspersed_args": False}
 REFS_HELP = "Containers: id, name or unique id prefix"
@@ -38,7 +38,8 @@ def _print_refs(outcomes) -> None:
 
 
 def logs(
-    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix"),
+    container: Optional[str] = typer.Argument(None, help="Container: id, name or unique id prefix",
+                                              autocompletion=complete_container),
     follow: bool = typer.Option(False, "--follow", "-f", help="Follow the output until the container stops"),
     timestamps: bool = typer.Option(False, "--timestamps", "-t", help="Prefix each line with its time (RFC 3339, UTC)"),
     tail: str = typer.Option("all", "--tail", "-n", help="Number of lines to show from the end, or 'all'"),
@@ -68,7 +69,8 @@ def logs(
 
 
 def start(
-    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP),
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=container_completer("created", "exited")),
     attach: bool = typer.Option(False, "--attach", "-a", help="Run in the foreground and return its exit code"),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
@@ -86,7 +88,8 @@ def start(
 
 
 def stop(
-    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP),
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=container_completer("running")),
     time: int = typer.Option(10, "--time", "-t", min=0, help="Seconds to wait after SIGTERM before SIGKILL"),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
@@ -98,7 +101,8 @@ def stop(
 
 
 def kill(
-    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP),
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=container_completer("running")),
     signal: str = typer.Option("KILL", "--signal", "-s", help="Signal to send: a name (TERM, SIGHUP) or a number"),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
@@ -111,7 +115,8 @@ def kill(
 
 
 def wait(
-    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP),
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=complete_container),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
     """Block until containers stop, then print each one's exit code (-1: not recorded)."""
@@ -127,7 +132,8 @@ def wait(
 
 
 def exec_(
-    container: str = typer.Argument(..., help="Container: id, name or unique id prefix (with -l: the command)"),
+    container: str = typer.Argument(..., help="Container: id, name or unique id prefix (with -l: the command)",
+                                    autocompletion=container_completer("running")),
     command: Optional[List[str]] = typer.Argument(None, help="Command and arguments"),
     env: List[str] = typer.Option([], "--env", "-e", help="Set an environment variable (KEY=VALUE, or KEY to pass ctr's)"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory inside the container"),
