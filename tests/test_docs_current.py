@@ -56,6 +56,11 @@ def test_every_command_has_examples(gen_docs):
     assert not missing, f"no EXAMPLES for {', '.join(missing)}: add them to EXAMPLES in scripts/gen-docs, then {HINT}"
 
 
+def test_examples_name_real_commands(gen_docs):
+    orphans = gen_docs["examples_without_commands"]()
+    assert not orphans, f"EXAMPLES in scripts/gen-docs for commands that do not exist: {', '.join(orphans)}"
+
+
 def test_every_page_has_the_sections_a_reader_expects():
     assert MAN, "man/ is empty: " + HINT
     for page in MAN:

@@ -76,6 +76,10 @@ def test_table_prefix_adds_header_and_aligns():
     ]
 
 
+def test_table_prefix_spaces_are_trimmed_as_docker_does():
+    assert render("table   {{.ID}}  ", [view()]).splitlines() == ["CONTAINER ID", "aaaaaaaaaaaa"]
+
+
 def test_table_header_defaults_to_upper_field_name_and_prints_for_empty_lists():
     assert render("table {{.Kind}}\\t{{json .Path}}", [], headers={}) == "KIND   PATH\n"
     assert render("{{.Kind}}", []) == ""

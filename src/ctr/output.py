@@ -213,7 +213,7 @@ class Template:
 
     def __init__(self, fmt: str):
         self.table = fmt == "table" or fmt.startswith("table ")
-        body = fmt[6:] if self.table else fmt
+        body = fmt[6:].strip(" ") if self.table else fmt  # docker trims the spaces after `table`
         body = body.replace("\\t", "\t").replace("\\n", "\n")
         self.parts: list[str | _Action] = []
         pos = 0
