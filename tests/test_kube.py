@@ -247,6 +247,18 @@ def test_workdir_same_as_image_is_not_repeated():
     assert m.pod["spec"]["containers"][0]["workingDir"] == "/"
 
 
+def test_yaml_keeps_long_and_odd_values_intact():
+    long = "x" * 300
+    odd = ["yes", "1", "on", "null", "a: b", "- c", "#d", "é", "multi\nline"]
+    m = kube.generate(container(command=["echo", long, *odd], env=[f"LONG={long}", "NUM=2"]), image())
+    text = kube.to_yaml(m)
+    pod = yaml.safe_load(text.split("---", 1)[1])
+    assert pod == json.loads(json.dumps(m.pod))
+    assert pod["spec"]["containers"][0]["args"] == [long, *odd]
+    assert {"name": "NUM", "value": "2"} in pod["spec"]["containers"][0]["env"]
+    assert max(len(line) for line in text.splitlines() if "x" * 300 in line) > 300  # not folded
+
+
 def test_yaml_is_multi_document_with_comment_header():
     m = kube.generate(container("hyperv"), image(), with_runtime_class=True)
     text = kube.to_yaml(m)
