@@ -360,6 +360,16 @@ def test_proc_is_masked_and_kernel_settings_read_only(ctr, bb):
 
 @needs_root
 @needs_busybox
+def test_ctrs_init_is_closed_to_the_workload(ctr, bb):
+    """PID 1 is a forked ctr: its environment, memory, executable and root stay out of reach."""
+    for cmd in ("cat /proc/1/environ", "cat /proc/1/mem", "cat /proc/1/exe", "ls /proc/1/root/"):
+        r = hv(ctr, bb, "sh", "-c", f"{cmd} > /dev/null")
+        assert r.code != 0, cmd
+    assert "PATH=" in out_of(hv(ctr, bb, "cat", "/proc/self/environ"))  # its own: readable
+
+
+@needs_root
+@needs_busybox
 def test_the_store_is_not_reachable_from_inside(ctr, bb):
     """A second hyperv container cannot read the first's writable layer: nothing of the store,
     and none of the first container's processes, is there to reach."""

@@ -298,6 +298,7 @@ CAPS = {name: bit for bit, name in enumerate((
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
                 "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE", "SETFCAP")
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+PR_SET_DUMPABLE = 4
 
 
 def _limit_caps(keep: Sequence[str], now: bool = False) -> None:
@@ -534,6 +535,9 @@ def _init(launch: Launch) -> None:
             signal.signal(signal.SIGTTOU, old)
         return
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe closes when the workload execs
+    # not dumpable: the workload cannot read ctr's environment, memory or executable through
+    # /proc/1 (a forked ctr, it would otherwise be as open to it as its own processes)
+    libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     try:
         _limit_caps(("KILL",), now=True)
         libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
