@@ -196,6 +196,16 @@ def test_hang_ends_within_timeout_and_qemu_is_gone(vm, rootfs):
     assert 10 <= elapsed < 20
 
 
+def test_boot_hang_ends_with_boot_timeout(vm, rootfs):
+    """A guest that never gets to start the command (here PID 1 blocks reading the
+    console) is stopped after boot_timeout, even with no overall timeout."""
+    start = time.monotonic()
+    with pytest.raises(DriverError) as e:
+        run(vm, rootfs, "true", timeout=None, boot_timeout=8, cmdline_extra=("rdinit=/bin/cat",))
+    assert "did not start the command within 8 s" in e.value.message
+    assert time.monotonic() - start < 15
+
+
 @pytest.mark.skipif(shutil.which("mke2fs") is None, reason="mke2fs not installed (e2fsprogs)")
 def test_disk_root_persists_between_boots(vm, rootfs, tmp_path):
     """A full VM's shape: the root is an ext4 disk (virtio-blk), not a 9p share."""

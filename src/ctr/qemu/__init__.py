@@ -15,7 +15,7 @@ Typical use (a hyperv run)::
                          workdir="/", uid=0, gid=0, hostname=container_id[:12]),
         kernel=kernel, initramfs=base, root=merged_dir,
         volumes=[qemu.HostVolume(Path("/data"), "/data", readonly=True)],
-        accel=choice.accel, memory_mb=512, cpus=1, timeout=600,
+        accel=choice.accel, memory_mb=512, cpus=1, boot_timeout=60, timeout=None,
         run_dir=container_dir / "vm")          # keeps console.log and qemu.log
     exit_code = result.exit_code               # the command's own code (126/127/128+n too)
 
@@ -31,8 +31,10 @@ Functions (see each docstring):
              `kernel_cmdline(accel, machine, tsc_khz=None) -> str` — pure, testable as data.
 - accel:     `probe_accelerator(kernel, initramfs, cache_file) -> AccelChoice(accel, reason)`.
 - run:       `boot_and_run(guest, *, kernel, initramfs, root, volumes=(), disk=None,
-             accel="tcg", machine="microvm", memory_mb=512, cpus=1, timeout=300,
-             stdout=1, stderr=2, stdin=None, run_dir=None, on_start=None) -> RunResult`.
+             accel="tcg", machine="microvm", memory_mb=512, cpus=1, timeout=None,
+             boot_timeout=60, stdout=1, stderr=2, stdin=None, run_dir=None,
+             on_start=None) -> RunResult`; `on_start` gets a `RunningVM` (pid,
+             signal(n) to the command, kill()).
              Every failure of the VM (qemu missing, init error, panic, timeout) is a
              DriverError, which `run` reports as exit 125; qemu never outlives the call.
 - cpio:      `CpioWriter`, `read(data)` — newc archives.

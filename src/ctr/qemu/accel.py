@@ -83,7 +83,7 @@ def _probe(kernel: Kernel, initramfs: Initramfs, qemu: str, timeout: float) -> A
             # An empty root: the command is not found (127), which still proves that the
             # kernel booted, loaded its modules, mounted the 9p root and reported back.
             boot_and_run(GuestConfig(argv=("true",)), kernel=kernel, initramfs=initramfs,
-                         root=root, accel="kvm", timeout=timeout, stdout=None, stderr=None,
+                         root=root, accel="kvm", timeout=timeout, boot_timeout=timeout, stdout=None, stderr=None,
                          run_dir=Path(tmp) / "run", qemu=qemu)
         except CtrError as e:
             text = e.message.splitlines()[0]

@@ -12,7 +12,8 @@ status port, syncs and powers off.
 
 Per-run settings come from /etc/ctr/run.conf, in a second cpio archive appended to the
 cached base one (`initramfs.run_archive`).  Protocol on the status port, one line each:
-`exit N` (the command's code) or `error MESSAGE` (init itself failed).  On the control
+`started` (the command was launched), then `exit N` (its code); or `error MESSAGE` (init
+itself failed).  On the control
 port the host may send `signal N` to signal the command.
 """
 
@@ -123,6 +124,7 @@ if [ -n "$CTR_STDIN" ]; then SRC=$IN; else SRC=/dev/null; fi
 eval "env -i $CTR_ENV nsenter -r$R \"-w\$R\$CTR_WORKDIR\" $CTR_USER -- $CTR_ARGV" \
     <"$SRC" >/run/out 2>/run/err &
 child=$!
+echo started >"$STATUS"
 if [ -n "$CTL" ]; then
     # control port: "signal N" lines are delivered to the command
     (while read -r verb arg; do

@@ -7,10 +7,13 @@ passed to qemu as `-chardev socket,fd=N` — no socket files, nothing to connect
 writes to a port block until qemu has handed them to the socket, so when the status line
 `exit N` arrives, all of the command's output has already been sent.
 
+Status port protocol (guest -> host, one line each): `started` when the command is
+launched, then `exit N`; or `error MESSAGE` when init itself fails.
+
 Failure modes, each a DriverError (the engine reports it as exit 125): qemu cannot start,
-the guest's init fails (`error …` on the status port), the guest stops without a status
-(a kernel panic: `panic=-1` + `-no-reboot` make qemu exit), or the overall timeout passes
-(a hang, or KVM's "emulation failure" that leaves qemu paused).  qemu is always killed by
+the guest's init fails (`error …`), the guest stops without a status (a kernel panic:
+`panic=-1` + `-no-reboot` make qemu exit), no `started` within `boot_timeout` (a hang, or
+KVM's "emulation failure" that leaves qemu paused), or the optional overall `timeout`.  qemu is always killed by
 its pid in a `finally`.
 """
 
@@ -150,7 +153,8 @@ def boot_and_run(
     machine: str = "microvm",
     memory_mb: int = 512,
     cpus: int = 1,
-    timeout: float = 300.0,
+    timeout: float | None = None,
+    boot_timeout: float = 60.0,
     stdout: Output = 1,
     stderr: Output = 2,
     stdin: BinaryIO | int | None = None,
@@ -167,7 +171,12 @@ def boot_and_run(
     instead.  `volumes` are extra 9p shares.  `stdout`/`stderr` take an fd or a binary file
     object (None discards); `stdin` (fd or binary file) is forwarded to the command, else
     it reads /dev/null.  `run_dir` keeps `console.log` and `qemu.log` (else a temporary
-    directory is used and removed).  `guest.modules` defaults to what the machine needs."""
+    directory is used and removed).  `guest.modules` defaults to what the machine needs.
+
+    Two limits, each ending in a DriverError with qemu killed: `boot_timeout` until the
+    guest's init reports that the command started (a hang or a paused qemu during boot),
+    and `timeout` for the whole run (None: as long as the command takes; a kernel panic
+    still ends the run at once)."""
     if root is None and guest.root_disk is None:
         raise ValueError("need a root directory or guest.root_disk")
     if qemu and os.sep not in qemu and shutil.which(qemu, path=QEMU_ENV["PATH"]) is None:
@@ -235,17 +244,23 @@ def boot_and_run(
         if stdin is not None:
             threading.Thread(target=_pump_stdin, args=(stdin, pairs["ctr.stdin"][0]),
                              name="ctr-vm-stdin", daemon=True).start()
-        deadline = start + timeout
+        deadline = start + timeout if timeout is not None else float("inf")
+        boot_deadline = start + boot_timeout
         open_ports = 3
         while open_ports:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and b"exit " in status:
+            now = time.monotonic()
+            if b"exit " in status and now >= deadline:
                 break  # the command ended but the guest did not power off: kill it
-            if remaining <= 0:
+            if now >= deadline:
                 raise DriverError(
                     f"the VM did not finish within {timeout:g} s and was stopped",
                     hint=_hang_hint(console, qemu_log, own_dir))
-            for key, _ev in sel.select(timeout=min(remaining, 1.0)):
+            if now >= boot_deadline and not status:
+                raise DriverError(
+                    f"the VM did not start the command within {boot_timeout:g} s and was stopped",
+                    hint=_hang_hint(console, qemu_log, own_dir))
+            wait = min(deadline, boot_deadline if not status else deadline) - now
+            for key, _ev in sel.select(timeout=max(0.0, min(wait, 1.0))):
                 name = key.data
                 try:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
@@ -279,7 +294,7 @@ def boot_and_run(
                             sinks[key.data](data)
                 break
         try:
-            proc.wait(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+            proc.wait(timeout=max(0.1, min(POWEROFF_GRACE, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             pass  # it said what it had to say; the finally kills it
         duration = time.monotonic() - start
@@ -318,6 +333,8 @@ def _parse_status(status: str, console: Path, qemu_log: Path,
                   proc: subprocess.Popen[bytes], own_dir: bool) -> int:
     for line in status.splitlines():
         verb, _, arg = line.strip().partition(" ")
+        if verb == "started":
+            continue
         if verb == "exit" and arg.lstrip("-").isdigit():
             return int(arg)
         if verb == "error":
