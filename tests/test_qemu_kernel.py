@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ctr.errors import DriverError
+from ctr.qemu import check_host
+from ctr.qemu.initramfs import find_busybox
 from ctr.qemu.kernel import (Kernel, _safe_rel, extract_vmlinux, find_kernel, image_release,
                              import_kernel, kernel_from_path, list_kernels)
 
@@ -126,3 +129,26 @@ def test_tar_member_names_are_made_safe():
     assert str(_safe_rel("/lib/modules/x")) == "lib/modules/x"
     assert _safe_rel("./") is None and _safe_rel("../etc/passwd") is None
     assert _safe_rel("lib/modules/../../x") is None
+
+
+def test_check_host_reports_what_is_missing(tmp_path):
+    r = check_host(qemu=str(tmp_path / "no-qemu"))
+    assert not r.usable and "not installed" in r.reason and "qemu-system-x86" in (r.hint or "")
+    fake_qemu = tmp_path / "qemu"
+    fake_qemu.write_text("#!/bin/sh\n")
+    fake_qemu.chmod(0o755)
+    r = check_host(tmp_path / "missing-kernel", qemu=str(fake_qemu), env={})
+    assert not r.usable and r.hint  # busybox or kernel missing: either way a hint
+    deb = tmp_path / "k.deb"
+    deb.write_bytes(make_kernel_deb("6.1.0-9-amd64"))
+    k = import_kernel(deb, tmp_path / "kernels")
+    try:
+        find_busybox()
+    except DriverError:
+        return  # the rest needs a static busybox on the host
+    r = check_host(None, tmp_path / "kernels", qemu=str(fake_qemu), env={})
+    assert r.usable and r.kernel == k and "6.1.0-9-amd64" in r.reason
+    shutil.rmtree(k.modules / "kernel/fs/9p")  # type: ignore[operator]
+    (k.modules / "modules.dep").unlink()  # type: ignore[operator]
+    r = check_host(None, tmp_path / "kernels", qemu=str(fake_qemu), env={})
+    assert not r.usable and "9p" in r.reason and "cloud" in (r.hint or "")

@@ -37,6 +37,8 @@ Functions (see each docstring):
              signal(n) to the command, kill()).
              Every failure of the VM (qemu missing, init error, panic, timeout) is a
              DriverError, which `run` reports as exit 125; qemu never outlives the call.
+- readiness: `check_host(explicit_kernel=None, kernels_dir=None) -> Readiness(usable,
+             reason, hint, kernel)` — cheap checks for `ctr info` (no boot).
 - cpio:      `CpioWriter`, `read(data)` — newc archives.
 
 Measurements and design choices: docs/microvm.md.
@@ -46,10 +48,11 @@ from .accel import AccelChoice, probe_accelerator
 from .initramfs import GuestConfig, Initramfs, Volume, base_initramfs, find_busybox, run_conf
 from .kernel import Kernel, find_kernel, import_kernel, list_kernels
 from .machine import MachineSpec, Port, Share, kernel_cmdline, qemu_command
+from .readiness import Readiness, check_host
 from .run import HostVolume, RunningVM, RunResult, boot_and_run
 
 __all__ = [
-    "AccelChoice", "GuestConfig", "HostVolume", "Initramfs", "Kernel", "MachineSpec", "Port",
+    "AccelChoice", "GuestConfig", "HostVolume", "Initramfs", "Kernel", "MachineSpec", "Port", "Readiness", "check_host",
     "RunResult", "RunningVM", "Share", "Volume", "base_initramfs", "boot_and_run",
     "find_busybox", "find_kernel", "import_kernel", "kernel_cmdline", "list_kernels",
     "probe_accelerator", "qemu_command", "run_conf",
