@@ -89,7 +89,8 @@ def kernel_cmdline(accel: str, machine: str = "microvm", *, tsc_khz: int | None 
     if accel not in ACCELS:
         raise ValueError(f"unknown accelerator {accel!r}")
     args = ["console=ttyS0", "panic=-1", "reboot=t", "rdinit=/init", "8250.nr_uarts=1",
-            "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "random.trust_cpu=on"]
+            "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "random.trust_cpu=on",
+            "cryptomgr.notests"]  # the boot-time crypto self-tests were the slowest initcall
     if machine == "microvm":
         args.append("pci=off")  # microvm has no PCI bus: skip probing for one
     if quiet:
