@@ -767,11 +767,14 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
           pid1_hook: Callable[[], None] | None = None, new_session: bool = False) -> Started:
     """Fork and exec the workload; returns once the exec succeeded (or raises)."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    master = slave = None
+    master = None
+    tty_parent = tty_child = None
     if launch.tty:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        _copy_winsize(master)
+        # the terminal is allocated inside the container's own devpts (so `tty` and
+        # ttyname() work there) and its master is passed back over a socket
+        import socket
+
+        tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -779,16 +782,8 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
         code = 125
         try:
             os.close(r)
-            if master is not None:
-                os.close(master)
-                os.setsid()
-                import fcntl
-                import termios
-
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-                for fd in (0, 1, 2):
-                    os.dup2(slave, fd)
-                os.close(slave)
+            if tty_child is not None:
+                tty_parent.close()
             else:
                 if new_session:
                     os.setsid()
@@ -802,6 +797,8 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
                     os.dup2(stderr, 2)
             stage = "setup"
             _child_setup(launch, pid1_hook)
+            if tty_child is not None:
+                _pty_inside(tty_child)
             stage = "exec"
             _exec(launch)
         except BaseException as e:  # report to the parent, never return into its code
@@ -820,8 +817,8 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
         os._exit(125)  # not reached
     # ---- parent
     os.close(w)
-    if slave is not None:
-        os.close(slave)
+    if tty_child is not None:
+        tty_child.close()
     start_time = pid_start_time(pid)
     chunks = []
     while True:
@@ -833,6 +830,11 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
             break
         chunks.append(b)
     os.close(r)
+    if tty_parent is not None:
+        master = _receive_fd(tty_parent)
+        tty_parent.close()
+        if master is not None:
+            _copy_winsize(master)
     if chunks:
         os.waitpid(pid, 0)
         if master is not None:
@@ -843,6 +845,46 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
             raise InvokeError(msg, code)
         raise SetupError(f"cannot start the container: {msg}")
     return Started(pid, start_time, master)
+
+
+def _pty_inside(sock) -> None:
+    """In the child, in its final root: open a terminal in the root's /dev/pts, make it the
+    controlling terminal and stdio, and send the master to the parent."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    sock.sendmsg([b"t"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
+    os.close(master)
+    sock.close()
+
+
+def _receive_fd(sock) -> int | None:
+    import array
+    import socket
+
+    fds = array.array("i")
+    try:
+        msg, anc, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+    except OSError:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if not fds:
+        return None
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def wait(started: Started, forward: bool = True) -> int:
