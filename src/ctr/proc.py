@@ -766,6 +766,10 @@ class Started:
 def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = None,
           pid1_hook: Callable[[], None] | None = None, new_session: bool = False) -> Started:
     """Fork and exec the workload; returns once the exec succeeded (or raises)."""
+    # modules the child needs after it pivots into the image, where Python's own
+    # library is not reachable: import them now
+    import array, fcntl, resource, socket, struct, termios  # noqa: E401,F401
+
     r, w = os.pipe2(os.O_CLOEXEC)
     master = None
     tty_parent = tty_child = None
