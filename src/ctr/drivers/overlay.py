@@ -44,8 +44,10 @@ def overlay_options(upper: str, work: str, lowers: list[str], rootless: bool) ->
         f"upperdir={_escape(upper)}",
         f"workdir={_escape(work)}",
         # whole-file copy-up and no directory redirects: the writable layer then holds
-        # complete files and whiteouts only, which is what diff/commit/export read
-        "redirect_dir=off",
+        # complete files and whiteouts only, which is what diff/commit/export read.
+        # (In a user namespace the kernel refuses redirect_dir=off, which still follows
+        # redirects, together with userxattr: there it must be nofollow.)
+        "redirect_dir=nofollow" if rootless else "redirect_dir=off",
         "metacopy=off",
         "index=off",
     ]
