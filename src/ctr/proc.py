@@ -316,26 +316,27 @@ def _limit_caps(keep: Sequence[str], now: bool = False) -> None:
             _check(-1, f"dropping capability {cap} from the bounding set")
     libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    hdr, data = Header(0x20080522, 0), (Data * 2)()
-    _check(libc().capget(ctypes.byref(hdr), data), "capget")
-    for i in range(2):
-        data[i].inheritable = 0
-        if now:
-            mine = (bits >> (32 * i)) & 0xFFFFFFFF
-            data[i].effective &= mine
-            data[i].permitted &= mine
-    _check(libc().capset(ctypes.byref(hdr), data), "capset")
+    def change(sets) -> None:
+        for i, s in enumerate(sets):
+            s.inheritable = 0
+            if now:
+                mine = (bits >> (32 * i)) & 0xFFFFFFFF
+                s.effective &= mine
+                s.permitted &= mine
+    _change_caps(change)
 
 
 def _raise_effective_caps() -> None:
     """Effective = permitted (setfsuid to a non-root id clears the file-related ones)."""
+    def change(sets) -> None:
+        for s in sets:
+            s.effective = s.permitted
+    _change_caps(change)
+
+
+def _change_caps(change: Callable[[list], None]) -> None:
+    """capget, `change` the two 32-bit halves of the (effective, permitted, inheritable) sets,
+    capset."""
     import ctypes
 
     class Header(ctypes.Structure):
@@ -345,10 +346,9 @@ def _raise_effective_caps() -> None:
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                     ("inheritable", ctypes.c_uint32)]
 
-    hdr, data = Header(0x20080522, 0), (Data * 2)()
+    hdr, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
     _check(libc().capget(ctypes.byref(hdr), data), "capget")
-    for i in range(2):
-        data[i].effective = data[i].permitted
+    change(list(data))
     _check(libc().capset(ctypes.byref(hdr), data), "capset")
 
 
@@ -389,16 +389,13 @@ def _new_userns(host: int, count: int = SUBIDS) -> int:
         os.waitpid(pid, 0)
 
 
-def _clone_tree(path: str, flags: Sequence[str] = (), userns: int | None = None, dir_fd: int = AT_FDCWD) -> int:
+def _clone_tree(path: str, flags: Sequence[str] = (), userns: int | None = None) -> int:
     """A detached copy of the mount at `path` (recursive with "rec"), with the "ro", "nosuid",
     "nodev", "noexec" flags set and, given `userns`, its owners mapped through it."""
     rec = AT_RECURSIVE if "rec" in flags else 0
-    fd = _check(libc().syscall(SYS_OPEN_TREE, dir_fd, path.encode(),
-                               OPEN_TREE_CLONE | os.O_CLOEXEC | rec | (AT_EMPTY_PATH if not path else 0)),
-                f"cloning the mount at {path or 'fd %d' % dir_fd}")
-    attrs = 0
-    for name in flags:
-        attrs |= MOUNT_ATTR.get(name, 0) if name != "idmap" else 0
+    fd = _check(libc().syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC | rec),
+                f"cloning the mount at {path}")
+    attrs = sum(MOUNT_ATTR[n] for n in ("ro", "nosuid", "nodev", "noexec") if n in flags)
     if userns is not None:
         attrs |= MOUNT_ATTR["idmap"]
     if attrs:
@@ -613,7 +610,7 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
             _relay_pid1(pid, janitor)
         if janitor:
             os.close(janitor[1])
-        _check(libc().prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")  # dies with the relay
+        die_with_parent()  # with the relay (killed by `rm -f`, say)
     if launch.hostname and "uts" in launch.namespaces:
         os.sethostname(launch.hostname) if hasattr(os, "sethostname") else _sethostname(launch.hostname)
     if "net" in launch.namespaces:
