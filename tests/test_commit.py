@@ -21,7 +21,6 @@ import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -127,7 +126,7 @@ def commit_grid(tmp_path_factory):
         return res
 
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=6) as pool:
             futs = {(c, d): pool.submit(one, c, d) for c in ALL_CASES for d in drivers}
             results = {k: f.result() for k, f in futs.items()}
         tmp_left = sorted(p.name for p in (ctr.root / "tmp").iterdir())

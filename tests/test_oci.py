@@ -371,9 +371,21 @@ def test_oci_refusals(ctr, layers, tmp_path, case):
 def test_oci_index_with_several_images_or_none(ctr, layers, tmp_path):
     lay = oci_layout(tmp_path / "layout", layers)
     index = json.loads((lay / "index.json").read_text())
-    other = dict(index["manifests"][0], annotations={"org.opencontainers.image.ref.name": "second:1"})
-    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": index["manifests"] + [other]}))
+    first = index["manifests"][0]
+    # a second, different manifest (same layers, one more annotation)
+    manifest = json.loads((lay / "blobs" / "sha256" / first["digest"][7:]).read_bytes())
+    manifest["annotations"] = {"x": "y"}
+    data = jbytes(manifest)
+    (lay / "blobs" / "sha256" / sha(data)[7:]).write_bytes(data)
+    other = dict(first, digest=sha(data), size=len(data), annotations={"org.opencontainers.image.ref.name": "second:1"})
+    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [first, other]}))
     assert_refused(ctr, str(lay), "holds 2 images", "multi:oci", "second:1")
+    # the same manifest under two names is one image, with both names
+    same = dict(first, annotations={"io.containerd.image.name": "again:2"})
+    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [first, same]}))
+    ctr.ok("image", "import", str(lay))
+    assert json.loads(ctr.ok("image", "inspect", "again:2"))[0]["Names"] == ["multi:oci", "again:2"]
+    ctr.ok("image", "rm", "multi:oci", "again:2")
     (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))
     assert_refused(ctr, str(lay), "lists no image manifest")
     # an image for another platform is refused; one for ours, in a nested index, is chosen
@@ -483,3 +495,23 @@ def test_import_what_skopeo_writes(ctr, committed, tmp_path, dest):
     ctr.ok("image", "rm", committed)
     ctr.ok("image", "import", str(target), "back:1")
     assert diff_views(before, view_of(ctr, "back:1", "overlay")) == []
+
+
+def test_image_export_by_id_of_an_image_with_two_names(ctr, committed, tmp_path):
+    ctr.ok("image", "export", committed, "-o", str(tmp_path / "a.tar"))
+    ctr.ok("image", "import", str(tmp_path / "a.tar"), "second:2")
+    ctr.ok("image", "import", str(tmp_path / "a.tar"), "third:3")
+    img = json.loads(ctr.ok("image", "inspect", "second:2"))[0]
+    assert len(img["Names"]) == 2
+    for fmt in ("oci-archive", "docker-archive"):
+        out = tmp_path / f"{fmt}.tar"
+        ctr.ok("image", "export", img["Id"], "-o", str(out), "--format", fmt)
+        other = Ctr(tmp_path / f"root-{fmt}", tmp_path / "c.yaml")
+        other.ok("image", "import", str(out))
+        names = json.loads(other.ok("image", "inspect", img["Id"]))[0]["Names"]
+        # an OCI archive names one image once (what skopeo and podman read without a
+        # reference); a docker-save archive carries every tag
+        assert names == (img["Names"][:1] if fmt == "oci-archive" else img["Names"])
+        if SKOPEO:
+            r = skopeo("inspect", f"{fmt}:{out}")
+            assert r.returncode == 0, r.stderr

@@ -84,6 +84,21 @@ def _open(path: str, mode: str) -> BinaryIO:
         raise CtrError(f"cannot write {path}: {e.strerror}") from None
 
 
+class _Counting:
+    """A binary output that tells a progress bar how much went through it."""
+
+    def __init__(self, raw: BinaryIO, advance):
+        self.raw, self.advance = raw, advance
+
+    def write(self, data) -> int:
+        n = self.raw.write(data)
+        self.advance(len(data))
+        return n
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def _warn_notes(notes: list[str], limit: int = 20) -> None:
     from ctr import output
 
@@ -105,9 +120,12 @@ def commit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the image id, no notes"),
 ) -> None:
     """Create a new image from a container's changes."""
+    from ctr import output
     from ctr.engine import commit as ec
 
-    report = ec.commit(ctx(), ec.CommitOptions(container, image, message, author, list(change)))
+    with output.progress(None, "Committing", unit="bytes", quiet=quiet) as bar:
+        report = ec.commit(ctx(), ec.CommitOptions(container, image, message, author, list(change)),
+                           progress=bar.advance)
     if not quiet:
         _warn_notes(report.skipped)
     print(report.image.id)
@@ -120,10 +138,11 @@ def export(
     output_: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout"),
 ) -> None:
     """Export a container's filesystem as a tar archive."""
+    from ctr import output
     from ctr.engine import commit as ec
 
-    with open_output(output_, "a tar archive") as out:
-        report = ec.export_container(ctx(), container, out)
+    with open_output(output_, "a tar archive") as out, output.progress(None, "Exporting", unit="bytes") as bar:
+        report = ec.export_container(ctx(), container, _Counting(out, bar.advance))
     _warn_notes(report.skipped)
 
 
@@ -181,6 +200,8 @@ def image_export(
 
     if format not in ec.FORMATS:
         raise InvalidArgument(f"unknown archive format {format!r}", hint="use " + " or ".join(ec.FORMATS))
-    with open_output(output_, "an image archive") as out:
-        report = ec.export_image(ctx(), image, out, format)
+    from ctr import output
+
+    with open_output(output_, "an image archive") as out, output.progress(None, "Exporting", unit="bytes") as bar:
+        report = ec.export_image(ctx(), image, _Counting(out, bar.advance), format)
     _warn_notes(report.skipped)

@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ctr.drivers import get_driver
 from ctr.engine.containers import get_container, list_containers, remove_containers
@@ -29,6 +29,18 @@ from ctr.images import oci
 from ctr.images.digest import HashingReader, digest_bytes
 from ctr.models import Container, Image, ImageConfig, State, now_iso, parse_iso, short
 from ctr.store.store import remove_path
+
+class _Counting:
+    """A stream that reports how many bytes went through it (for progress bars)."""
+
+    def __init__(self, raw, progress: Callable[[int], None]):
+        self.raw, self.progress = raw, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.progress(len(data))
+        return data
+
 
 # ============================================================================ commit
 @dataclass
@@ -48,7 +60,7 @@ class CommitReport:
     skipped: list[str]
 
 
-def commit(ctx: Context, opts: CommitOptions) -> CommitReport:
+def commit(ctx: Context, opts: CommitOptions, progress: Callable[[int], None] | None = None) -> CommitReport:
     """The container's writable layer becomes a new read-only layer over its image."""
     name = normalise_name(opts.name) if opts.name else None
     c = get_container(ctx, opts.ref)
@@ -66,7 +78,7 @@ def commit(ctx: Context, opts: CommitOptions) -> CommitReport:
     try:
         dest = tmp / "layer"
         dest.mkdir()
-        diff_id, skipped = _build_layer(produce, dest)
+        diff_id, skipped = _build_layer(produce, dest, progress)
         layers = parent.layers + [diff_id]
         created = now_iso()
         doc = oci.oci_config(config, layers, created, opts.author, opts.message)
@@ -106,13 +118,13 @@ def _layer_producer(ctx: Context, c: Container, image: Image):
                       hint="commit and export work with the overlay and copy drivers")
 
 
-def _build_layer(produce, dest: Path) -> tuple[str, list[str]]:
+def _build_layer(produce, dest: Path, progress: Callable[[int], None] | None = None) -> tuple[str, list[str]]:
     """Stream the tar `produce` writes through sha256 into `dest`; returns the diff id."""
     from ctr.images.extract import extract_tar
 
     summary: list[lt.TarSummary] = []
     with lt.tar_pipe(lambda out: summary.append(produce(out))) as stream:
-        reader = HashingReader(stream)  # type: ignore[arg-type]
+        reader = HashingReader(_Counting(stream, progress) if progress else stream)  # type: ignore[arg-type]
         result = extract_tar(reader, dest, whiteouts="overlay")
         reader.drain()
     notes = (summary[0].skipped if summary else []) + result.skipped
@@ -392,7 +404,8 @@ def export_image(ctx: Context, ref: str, out: BinaryIO, fmt: str = "oci-archive"
 
 
 # ============================================================================ bundle import
-def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None) -> ImportReport:
+def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None,
+                  progress: Callable[[int], None] | None = None) -> ImportReport:
     """Import the image in an OCI layout/archive or docker-save archive (`oci.probe`).
 
     Every blob is verified while it streams into a layer directory under tmp/; layers and
@@ -408,13 +421,15 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None) -> ImportR
         bundle = oci.read_image(src)
         skipped = list(bundle.notes)
         names = [name] if name else []
-        if not name:
+        if not name:  # the archive's own names (docker load tags an image with all of them)
             for n in bundle.names:
                 try:
-                    names.append(normalise_name(n))
-                    break
+                    n = normalise_name(n)
                 except InvalidArgument:
                     skipped.append(f"image name {n!r} not used: ctr names are NAME[:TAG] in lowercase")
+                    continue
+                if n not in names:
+                    names.append(n)
         built: dict[str, Path] = {}
         entries = 0
         for layer in bundle.layers:
@@ -424,7 +439,7 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None) -> ImportR
                 continue
             dest = tmp / layer.diff_id.split(":", 1)[1]
             dest.mkdir()
-            result = oci.extract_layer(src, layer, dest)
+            result = oci.extract_layer(src, layer, dest, progress)
             entries += result.entries
             skipped += result.skipped
             built[layer.diff_id] = dest

@@ -134,7 +134,7 @@ def import_image(ctx: Context, source: str, name: str | None = None,
     if found.kind != "rootfs":
         from ctr.engine.commit import import_bundle
 
-        return import_bundle(ctx, found, name)
+        return import_bundle(ctx, found, name, progress)
     tmp = store.new_tmp("import")
     layer_tmp = tmp / "layer"
     layer_tmp.mkdir()

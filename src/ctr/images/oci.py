@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ctr.errors import CtrError, ImageImportError
+from ctr.errors import ImageImportError
 from ctr.images.digest import HashingReader, canonical_json
 from ctr.models import ImageConfig
 
@@ -59,6 +59,7 @@ ANNOTATION_REF = "org.opencontainers.image.ref.name"
 ANNOTATION_NAME = "io.containerd.image.name"
 
 MAX_JSON = 8 << 20  # an index, manifest or config larger than this is refused
+MAX_MEMBERS = 100_000  # members of an image archive (one holds a few per layer)
 MAX_INDEX_DEPTH = 4
 _CORRUPT = "the archive is damaged or was altered; export or download it again"
 
@@ -142,6 +143,9 @@ class TarSource(Source):
             raise ImageImportError(f"{label}: not a readable tar archive: {e}", hint=_CORRUPT) from None
         try:
             while (m := self.tar.next()) is not None:
+                if len(self.members) >= MAX_MEMBERS:
+                    self.close()
+                    raise ImageImportError(f"{label}: more than {MAX_MEMBERS} members; not an image archive")
                 parts = _member_parts(m.name)
                 if parts is not None:
                     self.members[parts] = m  # a later member replaces an earlier one, as tar does
@@ -225,6 +229,16 @@ class _Replay:
         self.raw.close()
         if self.owner is not None:
             self.owner.close()
+
+
+class _Progress:
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], None]):
+        self.raw, self.progress = raw, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.progress(len(data))
+        return data
 
 
 class _Recorder:
@@ -458,6 +472,13 @@ def _read_oci(src: Source) -> BundleImage:
     found = _manifests(src, index, "index.json", 0)
     if not found:
         raise ImageImportError(f"{label}: the index lists no image manifest")
+    by_digest: dict[str, tuple[Descriptor, list[str]]] = {}
+    for d, names in found:  # one image listed under several names is one image
+        if d.digest in by_digest:
+            by_digest[d.digest][1].extend(n for n in names if n not in by_digest[d.digest][1])
+        else:
+            by_digest[d.digest] = (d, list(names))
+    found = list(by_digest.values())
     arch = goarch()
     matching = [(d, names) for d, names in found
                 if not d.platform or (d.platform.get("os", "linux") == "linux"
@@ -599,15 +620,16 @@ def _named_digest(name: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- layers
-def extract_layer(src: Source, layer: LayerBlob, dest: Path):
-    """Stream one layer blob into the empty directory `dest`, verifying its digests."""
+def extract_layer(src: Source, layer: LayerBlob, dest: Path, progress: Callable[[int], None] | None = None):
+    """Stream one layer blob into the empty directory `dest`, verifying its digests;
+    `progress(n)` is told of every n bytes of the blob read."""
     from ctr.images.extract import extract_tar
 
     label = src.label
     what = layer.digest or layer.path
     f = src.open(layer.path)
     try:
-        blob = HashingReader(f)  # type: ignore[arg-type]
+        blob = HashingReader(_Progress(f, progress) if progress else f)  # type: ignore[arg-type]
         head = blob.read(6)
         raw = _Replay(head, blob)
         if head.startswith(b"\x1f\x8b"):
@@ -754,13 +776,10 @@ def write_oci_archive(out: BinaryIO, config: bytes, layers: list[LayerFile], nam
         "layers": [{"mediaType": MT_OCI_LAYER, "digest": lf.digest, "size": lf.size} for lf in layers],
     })
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    entries = []
-    for name in names or [None]:  # type: ignore[list-item]
-        d: dict[str, Any] = {"mediaType": MT_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
-        if name:
-            d["annotations"] = {ANNOTATION_REF: name, ANNOTATION_NAME: name}
-        entries.append(d)
-    index = _json_doc({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries})
+    d: dict[str, Any] = {"mediaType": MT_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
+    if names:  # one entry: skopeo and podman read an archive of one image without a reference
+        d["annotations"] = {ANNOTATION_REF: names[0], ANNOTATION_NAME: names[0]}
+    index = _json_doc({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [d]})
     w = _ArchiveWriter(out, mtime)
     try:
         w.data("oci-layout", _json_doc({"imageLayoutVersion": "1.0.0"}))
