@@ -519,17 +519,12 @@ def _forward_until_exit(pid: int) -> int:
             _kill(pid, info.si_signo)
 
 
-def _init(launch: Launch) -> None:
+def _init() -> None:
     """pid 1 of a new pid namespace: fork the workload (the child returns, to be exec'd), then
     stay as the container's init -- reap orphans, forward signals, exit with the workload's
     status (as a code: the kernel does not let pid 1 kill itself with the workload's signal)."""
     child = os.fork()
     if child == 0:
-        if launch.tty:  # the workload gets the terminal's signals, not its ancestors
-            os.setpgid(0, 0)
-            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(0, os.getpgrp())
-            signal.signal(signal.SIGTTOU, old)
         return
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe closes when the workload execs
     # not dumpable: the workload cannot read ctr's environment, memory or executable through
@@ -653,7 +648,7 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
     if pid1_hook:
         pid1_hook()
     if "pid" in ns:
-        _init(launch)  # only the workload returns
+        _init()  # only the workload returns
     for name, value in launch.rlimits.items():
         import resource
 
