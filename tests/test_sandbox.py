@@ -193,6 +193,17 @@ def test_no_writable_cgroups_means_rlimits():
     assert la.rlimits == p.rlimits and la.cgroup_procs is None
 
 
+def test_remove_takes_the_shared_parent_once_empty(tmp_path):
+    """An empty `ctr` group left under someone else's group would keep them from removing it."""
+    a, b = tmp_path / "mem" / "ctr" / ("a" * 64), tmp_path / "mem" / "ctr" / ("b" * 64)
+    a.mkdir(parents=True)
+    b.mkdir()
+    assert cgroups.remove([str(a)]) == []
+    assert not a.exists() and b.parent.is_dir()  # b still uses it
+    assert cgroups.remove([str(b)]) == []
+    assert not (tmp_path / "mem" / "ctr").exists() and (tmp_path / "mem").is_dir()
+
+
 def test_detect_reads_this_host():
     hs = cgroups.detect()
     for h in hs:

@@ -239,7 +239,13 @@ def create(p: Plan) -> None:
     try:
         for step in p.steps:
             if step[0] == "mkdir":
-                os.makedirs(step[1], exist_ok=True)
+                for attempt in range(5):
+                    try:
+                        os.makedirs(step[1], exist_ok=True)
+                        break
+                    except FileNotFoundError:  # another ctr removed the emptied `ctr` parent
+                        if attempt == 4:
+                            raise
             else:
                 _write(step[1], step[2])
     except OSError:
@@ -262,14 +268,17 @@ def pids_in(group: str) -> list[int]:
 
 
 def remove(groups: list[str], timeout: float = 5.0) -> list[str]:
-    """Kill every process still in the groups, then delete them. Returns the groups that
-    could not be deleted (still busy after `timeout`)."""
+    """Kill every process still in the groups, then delete them, and their shared `ctr`
+    parent once no container uses it (an empty child would keep whoever owns the group
+    above from removing it). Returns the groups that could not be deleted (still busy after
+    `timeout`)."""
     left = []
     for g in reversed(groups):
         deadline = time.monotonic() + timeout
         while True:
             try:
                 os.rmdir(g)
+                _remove_parent(g)
                 break
             except FileNotFoundError:
                 break
@@ -284,3 +293,12 @@ def remove(groups: list[str], timeout: float = 5.0) -> list[str]:
                     pass
             time.sleep(0.01)
     return left
+
+
+def _remove_parent(group: str) -> None:
+    parent = os.path.dirname(group.rstrip("/"))
+    if os.path.basename(parent) == "ctr":
+        try:
+            os.rmdir(parent)
+        except OSError:  # other containers' groups are in it (EBUSY), or it is gone
+            pass
