@@ -170,6 +170,10 @@ def listing(ctr: Ctr, image: str, driver: str = "overlay") -> list[str]:
     return sorted(out.split())
 
 
+def layer_dirs(ctr: Ctr) -> list[str]:
+    return sorted(p.name for p in (ctr.root / "layers").iterdir() if p.is_dir())
+
+
 def store_state(ctr: Ctr) -> tuple[list[str], list[str], list[str]]:
     names = lambda d: sorted(p.name for p in (ctr.root / d).iterdir()) if (ctr.root / d).is_dir() else []
     return names("images"), names("layers"), names("tmp")
@@ -226,7 +230,7 @@ def test_docker_save_layer_forms(ctr, layers, tmp_path):
     assert listing(ctr, "stdin") == EXPECTED_AB
     # three imports of one image: one record, one set of layers
     assert len(json.loads(ctr.ok("image", "ls", "--format", "json"))) == 2
-    assert len(list((ctr.root / "layers").iterdir())) == 2
+    assert len(layer_dirs(ctr)) == 2
 
 
 def ctr_cmd() -> list[str]:
@@ -298,7 +302,7 @@ def test_layers_already_in_the_store_are_reused(ctr, layers, tmp_path):
     lay = oci_layout(tmp_path / "layout", [layers[0], third], name="other:1")
     ctr.ok("image", "import", str(lay))
     assert os.stat(base_dir).st_ino == ino, "the shared layer was extracted again"
-    assert sorted(p.name for p in (ctr.root / "layers").iterdir()) == sorted(
+    assert layer_dirs(ctr) == sorted(
         sha(x)[7:] for x in (layers[0], layers[1], third))
     assert ctr.ok("run", "--rm", "-u", "0", "other:1", "cat", "/c/third", "/a/x") == "3\nx\n"
     # removing one image keeps the layer the other still uses
@@ -515,3 +519,26 @@ def test_image_export_by_id_of_an_image_with_two_names(ctr, committed, tmp_path)
         if SKOPEO:
             r = skopeo("inspect", f"{fmt}:{out}")
             assert r.returncode == 0, r.stderr
+
+
+def test_import_from_a_pipe_path(ctr, layers, tmp_path):
+    """`ctr image import <(cmd)` or a FIFO: read once, for a root filesystem or a bundle."""
+    import threading
+
+    rootfs_tar = tar_of([dir_("etc"), reg("etc/hostname", b"piped\n")])
+    for name, data in (("fromfifo", rootfs_tar), ("bundlefifo", gzip.compress(docker_save(layers)))):
+        fifo = tmp_path / f"{name}.fifo"
+        os.mkfifo(fifo)
+
+        def feed(data=data, fifo=fifo):
+            with open(fifo, "wb") as f:
+                f.write(data)
+
+        t = threading.Thread(target=feed)
+        t.start()
+        r = ctr("image", "import", str(fifo), name)
+        t.join()
+        assert r.code == 0, r
+    assert json.loads(ctr.ok("image", "inspect", "fromfifo"))[0]["Layers"] == [sha(rootfs_tar)]
+    assert listing(ctr, "bundlefifo") == EXPECTED_AB
+    assert list((ctr.root / "tmp").iterdir()) == []

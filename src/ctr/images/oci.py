@@ -324,16 +324,18 @@ def probe(source: str, spool: Callable[[], Path]) -> Probe:
     else:
         raw = os.fdopen(os.dup(0), "rb")
         label = "stdin"
+    # a pipe (stdin, a FIFO, <(command)) can be read once: what is read to decide is replayed
+    once = not stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
     keep = False
     try:
         stream, compressed = decompressed(raw, label)
         name, head = _first_name(stream)
         if name is None or not looks_like_bundle_member(name):
-            if source == "-":
+            if once:
                 keep = True
                 return Probe("rootfs", stream=_Replay(head, stream, raw))  # type: ignore[arg-type]
             return Probe("rootfs")
-        if source != "-" and not compressed:
+        if not once and not compressed:
             src = TarSource(Path(source), label)
         else:
             target = spool()
