@@ -1,3 +1,3 @@
-from ctr.cli.app import main
+from ctr.cli.fast import main
 
 main()

@@ -12,7 +12,6 @@ import errno
 import os
 import signal
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +51,15 @@ def libc():
     global _libc
     if _libc is None:
         import ctypes
-        import ctypes.util
 
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # by its soname: ctypes.util.find_library runs `ldconfig -p` in a subprocess (a fork and
+        # an exec, in every container's setup), and every glibc system has this name
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:  # another C library: ask the linker
+            import ctypes.util
+
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     return _libc
 
 
@@ -142,6 +147,8 @@ class Completed:
 def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
         env: dict[str, str] | None = None, timeout: float | None = None) -> Completed:
     """Run a helper command with a clean environment and stdin from /dev/null."""
+    import subprocess  # here: the container path never runs a helper, and it costs a few ms
+
     if os.environ.get("CTR_DEBUG"):
         print("+ " + " ".join(argv), file=sys.stderr)
     try:
@@ -759,8 +766,11 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
           pid1_hook: Callable[[], None] | None = None, new_session: bool = False) -> Started:
     """Fork and exec the workload; returns once the exec succeeded (or raises)."""
     # modules the child needs after it pivots into the image, where Python's own
-    # library is not reachable: import them now
-    import array, fcntl, resource, socket, struct, termios  # noqa: E401,F401
+    # library is not reachable: import them now (only those this launch needs: each costs)
+    if launch.tty:
+        import array, fcntl, socket, struct, termios  # noqa: E401,F401
+    if launch.rlimits:
+        import resource  # noqa: F401
 
     r, w = os.pipe2(os.O_CLOEXEC)
     master = None

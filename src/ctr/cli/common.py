@@ -1,14 +1,15 @@
-"""State shared by the command modules: global options and the lazily opened context."""
+"""State shared by the command modules: global options and the lazily opened context.
+
+Imports neither typer nor click at module level: the fast path (cli/fast.py) uses it too."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import click
-import typer
-
 if TYPE_CHECKING:
+    import click
+
     from ctr.engine.context import Context
 
 
@@ -57,6 +58,8 @@ def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json", "yaml"))
 
 def fail_if_any(results) -> None:
     """Print each failed result's error; exit 1 if any failed (after doing all the others)."""
+    import typer
+
     from ctr import output
 
     failed = [r for r in results if r.error is not None]
@@ -69,7 +72,9 @@ def fail_if_any(results) -> None:
 # ----------------------------------------------------------------------------- completion
 # Callbacks for `typer.Argument(..., autocompletion=complete_container)` and friends. They run
 # on every <TAB>, so they read the store's records directly (no engine, no reconciliation, no
-# store creation) and never raise: a broken store completes nothing.
+# store creation) and never raise: a broken store completes nothing. Their `ctx` is left
+# unannotated (typer passes the click context to a parameter of that name): an annotation
+# would be evaluated by typer, and this module does not import click.
 def _completion_store(ctx: click.Context):
     from ctr.store.store import Store, default_root
 
@@ -93,7 +98,7 @@ def container_completer(*states: str):
     """A completion callback for container references, limited to `states` if given
     (e.g. `container_completer("running")` for stop/kill/exec)."""
 
-    def complete(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+    def complete(ctx, incomplete: str) -> list[tuple[str, str]]:
         try:
             store = _completion_store(ctx)
             names, ids = [], []
@@ -118,7 +123,7 @@ def container_completer(*states: str):
 complete_container = container_completer()
 
 
-def complete_image(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+def complete_image(ctx, incomplete: str) -> list[tuple[str, str]]:
     """Image names (NAME:TAG, and the built-in `host`), and ids once one is being typed."""
     try:
         from ctr.models import HOST_IMAGE
@@ -140,7 +145,7 @@ def complete_image(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]
         return []
 
 
-def complete_vm(ctx: click.Context, incomplete: str) -> list[tuple[str, str]]:
+def complete_vm(ctx, incomplete: str) -> list[tuple[str, str]]:
     """VM names: the store's `vm_ids()`/`read_vm()` when it has them, else the entries of vms/."""
     try:
         import os

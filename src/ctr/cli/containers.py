@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import List, Optional
 
 import typer
 
-from ctr.cli.common import FORMAT_HELP, check_format, complete_container, complete_image, ctx, fail_if_any
+from ctr.cli import plain
+from ctr.cli.common import FORMAT_HELP, check_format, complete_container, complete_image, ctx
+from ctr.cli.plain import FILTER_KEYS, PS_HEADERS, _refs  # noqa: F401 - also used by lifecycle.py
 
 CONTEXT = {"allow_interspersed_args": False}
 
@@ -41,124 +42,11 @@ def run(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background under a monitor; print the id"),
 ) -> None:
     """Run a command in a new container."""
-    from ctr import output
-    from ctr.engine import containers as ce
-    from ctr.errors import CtrError
-    from ctr.cli.common import G
-    from ctr.units import parse_size
-
-    G.run_like = True
-    try:
-        opts = ce.RunOptions(
-            image=image, command=list(command or []), name=name, isolation=isolation, driver=driver,
-            env=list(env), env_files=list(env_file), workdir=workdir, volumes=list(volume), user=user,
-            interactive=interactive, tty=tty, remove=rm, hostname=hostname,
-            memory=parse_size(memory, "memory") if memory else None, cpus=cpus,
-        )
-        c, image_rec, drv = ce.create(ctx(), opts)
-    except CtrError as e:
-        e.exit_code = 125
-        raise
-    if drv.emulated:
-        output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
-    if detach:
-        from ctr.engine import lifecycle
-
-        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
-        raise typer.Exit(0)
-    _, code = c, ce.start_foreground(ctx(), c, image_rec, drv)
+    code = plain.run(image=image, command=command, name=name, isolation=isolation, driver=driver, rm=rm,
+                     env=env, env_file=env_file, workdir=workdir, volume=volume, user=user,
+                     interactive=interactive, tty=tty, hostname=hostname, memory=memory, cpus=cpus,
+                     detach=detach)
     raise typer.Exit(code)
-
-
-def _ps_item(c) -> dict:
-    """The raw record `ps --format json|yaml` prints: full ids, ISO-8601 times (no relative ones), arrays."""
-    from ctr import output
-
-    return {
-        "Id": c.id,
-        "Names": [c.name],
-        "Image": c.image_name,
-        "ImageID": c.image,
-        "Command": c.config.command,
-        "Created": c.created,
-        "StartedAt": c.started,
-        "ExitedAt": c.finished,
-        "State": c.state,
-        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=False),
-        "ExitCode": c.exit_code,
-        "Pid": c.pid if c.state == "running" else 0,
-        "Isolation": c.isolation,
-        "Driver": c.driver,
-        "Emulated": c.emulated,
-    }
-
-
-PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
-              "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Names": "NAMES",
-              "Isolation": "ISOLATION", "Driver": "DRIVER", "ExitCode": "EXIT CODE"}
-
-
-def _ps_view(c, item: dict, no_trunc: bool):
-    """What `ps --format '{{.Field}}'` sees: docker's fields (ID short, Names and Command as
-    strings, RunningFor, Status) over the raw item; `{{json .}}` prints the raw item."""
-    from ctr import output
-    from ctr.models import short
-
-    cmd = " ".join(c.config.command)
-    if not no_trunc and len(cmd) > 20:
-        cmd = cmd[:19] + "…"
-    return output.View(item, {
-        "ID": c.id if no_trunc else short(c.id),
-        "Names": ",".join(item["Names"]),
-        "Command": f'"{cmd}"',
-        "CreatedAt": output.docker_time(c.created),
-        "RunningFor": output.ago(c.created),
-        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=True),
-    }, PS_HEADERS)
-
-
-FILTER_KEYS = ("id", "name", "status", "ancestor", "exited", "isolation", "driver")
-
-
-def _filter(cs, filters: List[str]):
-    from ctr.errors import InvalidArgument
-
-    wanted: dict[str, list[str]] = {}
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep or key not in FILTER_KEYS:
-            raise InvalidArgument(f"invalid filter {f!r}", hint="use KEY=VALUE with KEY one of " + ", ".join(FILTER_KEYS))
-        wanted.setdefault(key, []).append(value)
-
-    ancestors: set[str] = set()
-    for v in wanted.get("ancestor", []):  # any reference to an image: name[:tag], id, prefix
-        from ctr.engine.images import get_image
-        from ctr.errors import CtrError
-
-        try:
-            ancestors.add(get_image(ctx(), v).id)
-        except CtrError:
-            pass
-
-    def match(c) -> bool:
-        for key, values in wanted.items():
-            if key == "id":
-                ok = any(c.id.startswith(v) for v in values)
-            elif key == "name":
-                ok = any(v in c.name for v in values)
-            elif key == "status":
-                ok = c.state in values
-            elif key == "ancestor":
-                ok = c.image in ancestors or c.image_name in values
-            elif key == "exited":
-                ok = c.state == "exited" and str(c.exit_code) in values
-            else:
-                ok = getattr(c, key) in values
-            if not ok:
-                return False
-        return True
-
-    return [c for c in cs if match(c)]
 
 
 def ps(
@@ -171,47 +59,7 @@ def ps(
     format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ) -> None:
     """List containers."""
-    from ctr import output
-    from ctr.engine import containers as ce
-    from ctr.models import short
-
-    check_format(format)
-    if latest:
-        last = 1
-    # as docker: asking for a state by filter shows containers in that state without -a
-    by_state = any(f.split("=", 1)[0] in ("status", "exited") for f in filter)
-    cs = ce.list_containers(ctx(), all=all or last > 0 or by_state)
-    cs = _filter(cs, filter)
-    if last > 0:
-        cs = cs[:last]
-    if quiet:
-        for c in cs:
-            print(c.id if no_trunc else short(c.id))
-        return
-    items = [_ps_item(c) for c in cs]
-    rows = []
-    for c, it in zip(cs, items):
-        cmd = " ".join(c.config.command)
-        if not no_trunc and len(cmd) > 20:
-            cmd = cmd[:19] + "…"
-        drv = c.driver + (" (emulated)" if c.emulated else "")
-        rows.append([c.id if no_trunc else short(c.id), c.image_name, f'"{cmd}"', output.ago(c.created),
-                     output.status_text(c.state, c.exit_code, c.started, c.finished), c.name, c.isolation, drv])
-    output.emit(format, items, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES",
-                                "ISOLATION", "DRIVER"], rows,
-                views=[_ps_view(c, it, no_trunc) for c, it in zip(cs, items)], view_headers=PS_HEADERS)
-
-
-def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:
-    from ctr.engine import containers as ce
-    from ctr.errors import InvalidArgument
-
-    refs = list(refs or [])
-    if latest:
-        refs.append(ce.latest(ctx()).id)
-    if not refs:
-        raise InvalidArgument("requires at least one container reference", hint="or use --latest")
-    return refs
+    plain.ps(all=all, quiet=quiet, last=last, latest=latest, filter=filter, no_trunc=no_trunc, format=format)
 
 
 def rm(
@@ -221,13 +69,9 @@ def rm(
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
     """Remove one or more containers and everything they wrote."""
-    from ctr.engine import containers as ce
-
-    results = ce.remove_containers(ctx(), _refs(containers, latest), force=force)
-    for r in results:
-        if r.error is None:
-            print(r.ref)
-    fail_if_any(results)
+    code = plain.rm(containers=containers, force=force, latest=latest)
+    if code:
+        raise typer.Exit(code)
 
 
 def diff(
@@ -237,20 +81,7 @@ def diff(
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
     """Show what a container added (A), changed (C) and deleted (D)."""
-    from ctr import changes, output
-    from ctr.engine import containers as ce
-
-    check_format(format)
-    ref = _refs([container] if container else [], latest)[0]
-    found = ce.diff(ctx(), ref)
-    if format == "table":
-        sys.stdout.write(changes.render(found))
-    elif format == "json":
-        output.as_json(changes.group(found))
-    elif format == "yaml":
-        output.as_yaml(changes.group(found))
-    else:
-        output.template(format, [{"Kind": c.kind, "Path": c.path} for c in found])
+    plain.diff(container=container, format=format, latest=latest)
 
 
 def inspect(

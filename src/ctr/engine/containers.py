@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ctr.changes import Change
-from ctr.drivers import Driver, get_driver, select_driver
 from ctr.engine.context import Context
-from ctr.engine.images import get_image
 from ctr.engine.refs import resolve
 from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
-from ctr.launch import container_env
 from ctr.models import Container, Image, Mount, RunConfig, State, now_iso
+
+if TYPE_CHECKING:
+    from ctr.changes import Change
+    from ctr.drivers import Driver
+
+# drivers, images, changes, launch and secrets are imported where they are used: `ps` and
+# `rm` need none of them, and every command pays for its imports (docs/performance.md)
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ADJ = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
@@ -90,6 +92,12 @@ def list_containers(ctx: Context, all: bool = True) -> list[Container]:
 
 
 def get_container(ctx: Context, ref: str) -> Container:
+    bare = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+    if len(bare) == 64 and all(ch in "0123456789abcdef" for ch in bare):
+        # a full id is matched first anyway (engine/refs.py): read that one record, not them all
+        c = _load(ctx, bare)
+        if c is not None:
+            return reconcile(ctx, c)
     return resolve(ref, list_containers(ctx), lambda c: c.id, lambda c: [c.name], "container")
 
 
@@ -164,6 +172,8 @@ def _env_item(item: str, where: str) -> str | None:
 
 
 def _generate_name(taken: set[str]) -> str:
+    import secrets
+
     for _ in range(100):
         n = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
         if n not in taken:
@@ -173,6 +183,10 @@ def _generate_name(taken: set[str]) -> str:
 
 def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
     """Validate everything, then build the container under tmp/ and install its record."""
+    from ctr.drivers import select_driver
+    from ctr.engine.images import get_image
+    from ctr.launch import container_env
+
     if not opts.command:
         pass
     if opts.name is not None and not NAME_RE.match(opts.name):
@@ -198,7 +212,7 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
         memory = memory or (parse_size(ctx.config.memory, "memory") if ctx.config.memory
                             else driver.default_memory)  # type: ignore[attr-defined]
         cpus = cpus or ctx.config.cpus or getattr(driver, "default_cpus", None)
-    cid = secrets.token_hex(32)
+    cid = os.urandom(32).hex()  # as secrets.token_hex(32)
     hostname = opts.hostname or cid[:12]
     env = container_env(image.config.env, user_env, hostname, opts.tty)
     config = RunConfig(
@@ -291,6 +305,9 @@ def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -
 
 # ----------------------------------------------------------------------------- diff / inspect
 def diff(ctx: Context, ref: str) -> list[Change]:
+    from ctr.drivers import get_driver
+    from ctr.engine.images import get_image
+
     c = get_container(ctx, ref)
     image = get_image(ctx, c.image)
     changes = get_driver(c.isolation, c.driver).changes(ctx.store, c, image)
@@ -306,6 +323,8 @@ def inspect(ctx: Context, ref: str) -> dict:
     c = get_container(ctx, ref)
     d = c.to_dict()
     d["paths"] = {"dir": str(ctx.store.container_dir(c.id))}
+    from ctr.drivers import get_driver
+
     try:
         drv = get_driver(c.isolation, c.driver)
         d["driver_info"] = {"summary": drv.summary, "emulated": drv.emulated,
@@ -361,6 +380,8 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
     terminate(ctx, c)  # whatever else still runs in it, and its monitor
     if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
         return c.id  # someone else removed it meanwhile
+    from ctr.drivers import get_driver
+
     try:
         get_driver(c.isolation, c.driver).cleanup(ctx.store, c)
     except CtrError:

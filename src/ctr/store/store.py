@@ -19,8 +19,6 @@ and renamed, so a crash leaves either the old state or the new one plus sweepabl
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import stat as _stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,7 +150,7 @@ class Store:
 
     def new_tmp(self, tag: str, directory: bool = True) -> Path:
         """A fresh path under tmp/, owned by this process until renamed into place."""
-        path = self.tmp / f"{os.getpid()}-{tag}-{secrets.token_hex(4)}"
+        path = self.tmp / f"{os.getpid()}-{tag}-{os.urandom(4).hex()}"  # as secrets.token_hex(4)
         if directory:
             path.mkdir(mode=0o700)
         return path
@@ -289,6 +287,8 @@ def remove_path(path: Path) -> None:
         except FileNotFoundError:
             pass
         return
+    import shutil
+
     failed: list[str] = []
     shutil.rmtree(path, onerror=lambda func, p, exc: failed.append(p))
     if not failed or not os.path.lexists(path):
