@@ -28,6 +28,7 @@ from ctr.models import Container, Image, ImageConfig, Mount, RunConfig
 from ctr.store import Store
 
 CID = "ab" * 32
+SANDBOX = ("--isolation", "hyperv", "--driver", "sandbox")  # microvm comes first when usable
 SHARES_KERNEL = "shares the host kernel"
 
 
@@ -233,6 +234,21 @@ def test_absent_microvm_is_skipped_and_named(monkeypatch):
         select_driver("hyperv", None, "microvm")  # config names it: no silent substitute
 
 
+def test_a_usable_microvm_is_chosen_first(monkeypatch, tmp_path):
+    (tmp_path / "ctr_fake_microvm.py").write_text(
+        "from ctr.drivers.base import Availability, Driver\n"
+        "class FakeMicroVM(Driver):\n"
+        "    name, isolation = 'microvm', 'hyperv'\n"
+        "    def availability(self):\n"
+        "        return Availability(True, 'fake')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(MODULES, ("hyperv", "microvm"), "ctr_fake_microvm")
+    assert select_driver("hyperv", None, None).name == "microvm"
+    if IS_ROOT:  # sandbox needs root
+        assert select_driver("hyperv", "sandbox", None).name == "sandbox"
+    assert select_driver("hyperv", None, "microvm").name == "microvm"
+
+
 def test_a_microvm_that_fails_to_load_is_reported(monkeypatch, tmp_path):
     (tmp_path / "ctr_broken_microvm.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -269,7 +285,7 @@ def bb(ctr, busybox_image, mode):
 
 
 def hv(ctr: Ctr, *args: str, **kw):
-    return ctr("run", "--rm", "--isolation", "hyperv", *args, **kw)
+    return ctr("run", "--rm", *SANDBOX, *args, **kw)
 
 
 def out_of(r) -> str:
@@ -315,7 +331,7 @@ def test_cannot_signal_a_host_process(ctr, bb, host_sleep):
 def test_own_hostname(ctr, bb):
     host = os.uname().nodename
     assert out_of(hv(ctr, "--hostname", "utility-vm", bb, "hostname")).strip() == "utility-vm"
-    r = ctr("run", "--isolation", "hyperv", "--name", "h", bb, "sh", "-c", "hostname; cat /proc/sys/kernel/hostname")
+    r = ctr("run", *SANDBOX, "--name", "h", bb, "sh", "-c", "hostname; cat /proc/sys/kernel/hostname")
     cid = json.loads(ctr.ok("inspect", "h"))[0]["id"]
     assert out_of(r).split() == [cid[:12]] * 2
     assert os.uname().nodename == host  # the host's own name is untouched
@@ -385,7 +401,7 @@ def test_ctrs_init_is_closed_to_the_workload(ctr, bb):
 def test_the_store_is_not_reachable_from_inside(ctr, bb):
     """A second hyperv container cannot read the first's writable layer: nothing of the store,
     and none of the first container's processes, is there to reach."""
-    ctr.ok("run", "--isolation", "hyperv", "--name", "first", bb, "sh", "-c", "echo secret > /secret")
+    ctr.ok("run", *SANDBOX, "--name", "first", bb, "sh", "-c", "echo secret > /secret")
     first = json.loads(ctr.ok("inspect", "first"))[0]
     upper = Path(first["paths"]["dir"]) / "upper"
     assert (upper / "secret").read_text() == "secret\n"  # it is there, on the host
@@ -461,7 +477,7 @@ def test_invoke_failures_as_process_isolation(ctr, bb):
 @needs_busybox
 def test_signals_reach_the_workload_through_init(ctr, bb):
     """`ctr stop` (SIGTERM) ends a shell that would ignore it as a real pid 1."""
-    ctr.ok("run", "-d", "--isolation", "hyperv", "--name", "svc", bb, "sleep", "300")
+    ctr.ok("run", "-d", *SANDBOX, "--name", "svc", bb, "sleep", "300")
     t = time.monotonic()
     ctr.ok("stop", "-t", "20", "svc")
     assert time.monotonic() - t < 15, "SIGTERM did not reach the workload; stop had to kill"
@@ -472,7 +488,7 @@ def test_signals_reach_the_workload_through_init(ctr, bb):
 @needs_root
 @needs_busybox
 def test_run_warns_once_and_every_listing_says_emulated(ctr, bb):
-    r = ctr("run", "--isolation", "hyperv", "--name", "e", bb, "true")
+    r = ctr("run", *SANDBOX, "--name", "e", bb, "true")
     assert r.code == 0
     warnings = [ln for ln in r.err.splitlines() if "emulated" in ln]
     assert len(warnings) == 1 and SHARES_KERNEL in warnings[0]
@@ -508,12 +524,12 @@ def test_config_sizes_and_selects(ctr, bb, tmp_path):
 @needs_root
 @needs_busybox
 def test_cgroups_go_with_the_container(ctr, bb):
-    ctr.ok("run", "--isolation", "hyperv", "--name", "g", bb, "true")
+    ctr.ok("run", *SANDBOX, "--name", "g", bb, "true")
     limits = json.loads(ctr.ok("inspect", "g"))[0]["driver_info"]["limits"]
     for g in limits["groups"]:
         assert not os.path.exists(g), "removed when the container exited"
     # a running container killed by `rm -f`: its processes and groups go
-    ctr.ok("run", "-d", "--isolation", "hyperv", "--name", "r", bb, "sleep", "300")
+    ctr.ok("run", "-d", *SANDBOX, "--name", "r", bb, "sleep", "300")
     limits = json.loads(ctr.ok("inspect", "r"))[0]["driver_info"]["limits"]
     if limits["mechanism"].startswith("cgroup"):
         assert all(os.path.isdir(g) for g in limits["groups"])
@@ -575,7 +591,8 @@ def grid(request, tmp_path_factory):
 
     def one(case: str, isolation: str) -> tuple:
         name = f"{case}-{isolation}"
-        r = ctr("run", "--name", name, "--isolation", isolation, "grid", "sh", "-c", CASES[case][0])
+        how = SANDBOX if isolation == "hyperv" else ("--isolation", "process")
+        r = ctr("run", "--name", name, *how, "grid", "sh", "-c", CASES[case][0])
         d = ctr("diff", name)
         cid = json.loads(ctr.ok("inspect", name))[0]["id"]
         return r, d, _upper_listing(ctr.root / "containers" / cid / "upper")
