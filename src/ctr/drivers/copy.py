@@ -98,10 +98,12 @@ def build_launch(store, container: Container, rootless: bool) -> Launch:
 def materialise(layers: list[str], dest: str) -> None:
     """Apply layer directories (bottom first, overlay whiteout form) into `dest`."""
     for layer in layers:
-        _apply(layer, dest)
+        _apply(layer, dest, {})
 
 
-def _apply(src: str, dst: str) -> None:
+def _apply(src: str, dst: str, links: dict[tuple[int, int], str]) -> None:
+    """Copy one layer over `dst`; `links` maps a source inode to its first copy, so hard
+    links inside the layer stay hard links in the copy."""
     for e in os.scandir(src):
         s, d = os.path.join(src, e.name), os.path.join(dst, e.name)
         st = e.stat(follow_symlinks=False)
@@ -113,7 +115,7 @@ def _apply(src: str, dst: str) -> None:
                 remove_path(Path(d))
             if not os.path.lexists(d):
                 os.mkdir(d)
-            _apply(s, d)
+            _apply(s, d, links)
             _copy_meta(s, d, st)
         else:
             if os.path.lexists(d):
@@ -122,8 +124,14 @@ def _apply(src: str, dst: str) -> None:
                 os.symlink(os.readlink(s), d)
                 _copy_meta(s, d, st)
             elif stat.S_ISREG(st.st_mode):
+                first = links.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+                if first is not None:
+                    os.link(first, d)
+                    continue
                 _copy_file(s, d)
                 _copy_meta(s, d, st)
+                if st.st_nlink > 1:
+                    links[(st.st_dev, st.st_ino)] = d
             elif stat.S_ISFIFO(st.st_mode):
                 os.mkfifo(d)
                 _copy_meta(s, d, st)
