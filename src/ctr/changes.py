@@ -118,6 +118,24 @@ def _walk_all(top: str, rel: str) -> Iterator[str]:
             yield from _walk_all(top, p)
 
 
+def _added(top: str, rel: str, found: dict[str, str]) -> None:
+    """Record every path below top+rel as added, leaving out whiteouts (a directory new in
+    the upper layer can hold whiteouts of what it replaced). Types come from the directory
+    entries: only a character device (a possible whiteout) costs a stat."""
+    try:
+        it = os.scandir(top + rel)
+    except (NotADirectoryError, FileNotFoundError):
+        return
+    with it:
+        for e in it:
+            p = f"{rel}/{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                found[p] = ADDED
+                _added(top, p, found)
+            elif e.is_file(follow_symlinks=False) or e.is_symlink() or not is_whiteout(e.stat(follow_symlinks=False)):
+                found[p] = ADDED
+
+
 def overlay_changes(upper: str, lower: Lower) -> list[Change]:
     """Changes recorded in an overlay upper directory over `lower`."""
     upper = upper.rstrip("/")
@@ -130,6 +148,9 @@ def overlay_changes(upper: str, lower: Lower) -> list[Change]:
             return
         for e in entries:
             p = f"{rel}/{e.name}" if rel != "/" else f"/{e.name}"
+            if e.is_file(follow_symlinks=False) or e.is_symlink():  # no stat needed
+                found[p] = ADDED if lower.lookup(p) is None else CHANGED
+                continue
             st = e.stat(follow_symlinks=False)
             if is_whiteout(st):
                 if lower.lookup(p) is not None:
@@ -139,18 +160,14 @@ def overlay_changes(upper: str, lower: Lower) -> list[Change]:
             if stat.S_ISDIR(st.st_mode):
                 if low is None:
                     found[p] = ADDED
-                    for child in _walk_all(upper, p):
-                        if not is_whiteout(os.lstat(upper + child)):
-                            found[child] = ADDED
+                    _added(upper, p, found)
                 elif not stat.S_ISDIR(low.st_mode):
                     found[p] = CHANGED
                     for child in _walk_all(upper, p):
                         found[child] = ADDED
                 elif is_opaque(upper + p):
                     found[p] = DELETED
-                    for child in _walk_all(upper, p):
-                        if not is_whiteout(os.lstat(upper + child)):
-                            found[child] = ADDED
+                    _added(upper, p, found)
                 else:
                     if _meta_differs(st, low):
                         found[p] = CHANGED
@@ -165,12 +182,12 @@ def overlay_changes(upper: str, lower: Lower) -> list[Change]:
 def finish(found: dict[str, str]) -> list[Change]:
     """Add ancestors of changes as `C` and return the sorted list."""
     for p in list(found):
-        parent = os.path.dirname(p)
-        while parent not in ("/", ""):
+        parent = p.rpartition("/")[0]  # os.path.dirname for these absolute, normalised paths
+        while parent:
             if parent in found:
                 break
             found[parent] = CHANGED
-            parent = os.path.dirname(parent)
+            parent = parent.rpartition("/")[0]
     return [Change(p, k) for p, k in sorted(found.items())]
 
 
