@@ -48,7 +48,8 @@ class ImageImportError(CtrError):
 
     def __init__(self, message: str, member: str | None = None, hint: str | None = None):
         if member is not None:
-            message = f"{message} (member {member!r})"
+            shown = member if len(member) <= 200 else f"{member[:120]}…{member[-60:]}"
+            message = f"{message} (member {shown!r})"
         super().__init__(message, hint)
         self.member = member
 

@@ -49,7 +49,9 @@ def base_mounts(kind: str = "process") -> list[MountOp]:
     """The runtime filesystems every container gets: fresh /proc, minimal /dev, private /tmp."""
     m = [
         MountOp("/proc", "proc", "proc", ("nosuid", "nodev", "noexec")),
-        MountOp("/dev", "tmpfs", "tmpfs", ("nosuid", "noexec"), "mode=755,size=65536k"),
+        # hyperv: no device node made on /dev works (the binds below are mounts of their own)
+        MountOp("/dev", "tmpfs", "tmpfs", ("nosuid", "noexec") + (("nodev",) if kind == "hyperv" else ()),
+                "mode=755,size=65536k"),
     ]
     for dev in ("null", "zero", "full", "random", "urandom", "tty"):
         m.append(MountOp(f"/dev/{dev}", f"/dev/{dev}", None, ("bind",), kind="file"))

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ctr import proc
+from ctr import faults, proc
 from ctr.errors import CtrError
 from ctr.models import Container, State, now_iso
 
@@ -366,6 +366,7 @@ def supervise(ctx: "Context", cid: str, reporter: Reporter, image: "Image | None
 
     if update(ctx, cid, mark) is None:  # removed while starting: do not run unsupervised
         send_signal(pid, started.start_time, signal.SIGKILL)
+    faults.point("monitor.recorded")
     reporter.send({"ok": True, "pid": pid})
     for sig in FORWARD:
         signal.signal(sig, lambda s, f: send_signal(pid, started.start_time, s))

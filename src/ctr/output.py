@@ -21,7 +21,18 @@ def use_color(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped (`\\n`, `\\x1b`): a message that quotes
+    untrusted data (an archive's member names, a link target) stays one line and cannot
+    drive the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def error(message: str, hint: str | None = None) -> None:
+    message, hint = one_line(message), (one_line(hint) if hint else hint)
     if use_color(sys.stderr):
         sys.stderr.write(f"\x1b[31mError:\x1b[0m {message}\n")
         if hint:
@@ -33,6 +44,7 @@ def error(message: str, hint: str | None = None) -> None:
 
 
 def warn(message: str) -> None:
+    message = one_line(message)
     if use_color(sys.stderr):
         sys.stderr.write(f"\x1b[33mWarning:\x1b[0m {message}\n")
     else:

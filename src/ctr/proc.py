@@ -801,6 +801,7 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
                     os.dup2(stdout, 1)
                 if stderr is not None:
                     os.dup2(stderr, 2)
+            _close_inherited(w, tty_child.fileno() if tty_child is not None else None)
             stage = "setup"
             _child_setup(launch, pid1_hook)
             if tty_child is not None:
@@ -851,6 +852,18 @@ def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = Non
             raise InvokeError(msg, code)
         raise SetupError(f"cannot start the container: {msg}")
     return Started(pid, start_time, master)
+
+
+def _close_inherited(*keep: int | None) -> None:
+    """Close every descriptor but stdio and `keep`: nothing ctr or its caller holds may reach
+    the workload, or its setup (a directory descriptor is a way out of the root: `cd
+    /proc/self/fd/N`, `-w /proc/self/fd/N`). close-on-exec is not enough: the working
+    directory is entered before the exec."""
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _pty_inside(sock) -> None:

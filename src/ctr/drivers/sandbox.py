@@ -81,7 +81,9 @@ def build_launch(store, container: Container, image: Image, limits: cgroups.Plan
         lowers.insert(0, str(store.container_path(cid, "init")))
     opts = overlay_options(str(store.container_path(cid, "upper")), str(store.container_path(cid, "work")),
                            lowers, rootless=False)
-    mounts.append(MountOp(merged, "overlay", "overlay", (), opts, in_root=False, kind="none"))
+    # nodev: root mode keeps CAP_MKNOD (images expect it), so without it the workload could
+    # make a node for the host's disk and open it; devices come only from ctr's binds
+    mounts.append(MountOp(merged, "overlay", "overlay", ("nodev",), opts, in_root=False, kind="none"))
     mounts += base_mounts("hyperv")
     mounts += [MountOp(p, "/dev/null", None, ("bind",), kind="file", optional=True) for p in MASKED_FILES]
     mounts += [MountOp(p, "tmpfs", "tmpfs", ("ro", "nosuid", "nodev", "noexec"), optional=True)

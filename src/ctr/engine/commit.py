@@ -19,8 +19,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from ctr import faults
 from ctr.drivers import get_driver
 from ctr.engine.containers import get_container, list_containers, remove_containers
+from ctr.engine.check import RECORD_VERSION, layer_record
 from ctr.engine.context import Context
 from ctr.engine.images import ImportReport, _move_name, _names, _tree_size, get_image, normalise_name
 from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument
@@ -84,12 +86,15 @@ def commit(ctx: Context, opts: CommitOptions, progress: Callable[[int], None] | 
         doc = oci.oci_config(config, layers, created, opts.author, opts.message)
         image_id = digest_bytes(oci.config_bytes(doc))
         size = _tree_size(dest)
+        faults.point("commit.layer")
         with store.locked():
             missing = [d for d in parent.layers if not store.has_layer(d)]
             if missing:
                 raise Conflict(f"image {parent.short_id} lost layer {short(missing[0])} while committing",
                                hint="it was removed meanwhile; import it again")
-            layer_new = store.install_layer(diff_id, dest)
+            # the layer's tar was written canonically, so its tree checksum is its diff id
+            layer_new = store.install_layer(diff_id, dest, {"version": RECORD_VERSION, "tree": diff_id})
+            faults.point("commit.installed")
             image = Image(
                 id=image_id, names=[], layers=layers, config=config, created=created,
                 size=parent.size + size, source=f"commit of container {c.name} ({c.short_id})",
@@ -445,6 +450,8 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None,
             built[layer.diff_id] = dest
         image_id = bundle.config_digest
         size = sum(_tree_size(p) for p in built.values())
+        records = {d: layer_record(p) for d, p in built.items()}
+        faults.point("import.layer")
         with store.locked():
             gone = [d for d in bundle.diff_ids if d not in built and not store.has_layer(d)]
             if gone:
@@ -452,7 +459,8 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None,
                                hint="import again")
             layer_new = False
             for diff_id, path in built.items():
-                layer_new = store.install_layer(diff_id, path) or layer_new
+                layer_new = store.install_layer(diff_id, path, records[diff_id]) or layer_new
+            faults.point("import.installed")
             existing = store.read_image(image_id)
             if existing:
                 image = Image.from_dict(existing)

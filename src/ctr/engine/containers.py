@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ctr import faults
 from ctr.engine.context import Context
 from ctr.engine.refs import resolve
 from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
@@ -252,6 +254,7 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
 
         remove_path(built)
         raise
+    faults.point("run.created")
     return c, image, driver
 
 
@@ -278,7 +281,9 @@ def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -
             x.state = State.RUNNING.value
             x.pid, x.pid_start = started.pid, started.start_time
             x.started, x.finished, x.exit_code, x.error = now_iso(), None, None, ""
+        faults.point("run.started")
         update(ctx, c.id, mark)
+        faults.point("run.recorded")
 
     code: int | None = None
     error = ""
@@ -378,8 +383,15 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
     from ctr.engine.lifecycle import terminate
 
     terminate(ctx, c)  # whatever else still runs in it, and its monitor
-    if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
-        return c.id  # someone else removed it meanwhile
+    try:
+        if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
+            return c.id  # someone else removed it meanwhile
+    except OSError as e:
+        # a full disk cannot take the new record; removing is what frees space, so go on
+        # without the mark (it only makes a crash between here and the deletion visible)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+    faults.point("rm.marked")
     from ctr.drivers import get_driver
 
     try:

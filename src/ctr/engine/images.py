@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from ctr import faults
 from ctr.engine.context import Context
 from ctr.engine.refs import resolve
 from ctr.errors import Conflict, CtrError, ImageImportError, InvalidArgument, NotFound
@@ -167,8 +168,13 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "config": config.__dict__,
         }))
+        from ctr.engine.check import layer_record
+
+        record = None if store.has_layer(diff_id) else layer_record(layer_tmp)
+        faults.point("import.layer")
         with store.locked():
-            layer_new = store.install_layer(diff_id, layer_tmp)
+            layer_new = store.install_layer(diff_id, layer_tmp, record)
+            faults.point("import.installed")
             existing = store.read_image(image_id)
             image = Image.from_dict(existing) if existing else Image(
                 id=image_id, names=[], layers=[diff_id], config=config, created=now_iso(),

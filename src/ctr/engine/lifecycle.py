@@ -98,8 +98,18 @@ def start(ctx: Context, ref: str) -> Container:
             raise NotFound(f"no such container: {ref}")
         if reconcile(ctx, now).state == State.RUNNING.value:
             return now
+        _kill_leftovers(now.id)
         monitor.spawn(ctx, now, image, driver)
     return _load(ctx, c.id) or c
+
+
+def _kill_leftovers(cid: str) -> None:
+    """A container that is not running may still have processes: a foreground `run` killed
+    before it recorded the start leaves its workload orphaned. Two workloads must never
+    share a writable layer, so whatever is left is killed before a start."""
+    left = monitor.container_processes(cid)
+    if left:
+        monitor.kill_processes(left)
 
 
 def start_attached(ctx: Context, ref: str) -> int:
@@ -112,6 +122,7 @@ def start_attached(ctx: Context, ref: str) -> int:
         if reconcile(ctx, now).state == State.RUNNING.value:
             raise Conflict(f"container {ref} is already running",
                            hint=f"follow its output with `ctr logs -f {ref}`")
+        _kill_leftovers(now.id)
 
         def foreground(x: Container) -> None:  # no monitor supervises this run
             x.monitor_pid = x.monitor_start = None

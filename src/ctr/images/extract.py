@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NoReturn
 
+from ctr import faults
 from ctr.errors import CtrError, ImageImportError
 
 __all__ = ["Limits", "ExtractResult", "extract_tar", "remove_tree"]
@@ -67,6 +68,32 @@ class Limits:
     max_entries: int = 2_000_000  # members read, including skipped ones
     max_depth: int = 256  # path components
     max_path: int = 4096  # bytes of a member name
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        """The defaults, each lowered or raised by `CTR_IMPORT_MAX_BYTES` (a size: 10g),
+        `CTR_IMPORT_MAX_ENTRIES` or `CTR_IMPORT_MAX_DEPTH`."""
+        from ctr.units import parse_size
+
+        kw = {}
+        for var, key in LIMIT_ENV.items():
+            value = os.environ.get(var)
+            if value:
+                kw[key] = parse_size(value, var) if key == "max_bytes" else _positive(value, var)
+        return cls(**kw)
+
+
+LIMIT_ENV = {"CTR_IMPORT_MAX_BYTES": "max_bytes", "CTR_IMPORT_MAX_ENTRIES": "max_entries",
+             "CTR_IMPORT_MAX_DEPTH": "max_depth"}
+_LIMIT_HINT = {key: f"if you trust this archive, raise {var}" for var, key in LIMIT_ENV.items()}
+
+
+def _positive(value: str, var: str) -> int:
+    from ctr.errors import InvalidArgument
+
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise InvalidArgument(f"invalid {var} {value!r}", hint="use a whole number greater than zero")
+    return int(value)
 
 
 @dataclass
@@ -110,7 +137,7 @@ def extract_tar(
     fileobj,
     dest: Path,
     *,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     same_owner: bool | None = None,
     whiteouts: str = "skip",
 ) -> ExtractResult:
@@ -119,6 +146,8 @@ def extract_tar(
         raise ValueError(f"whiteouts must be 'skip' or 'overlay', not {whiteouts!r}")
     if same_owner is None:
         same_owner = os.geteuid() == 0
+    if limits is None:
+        limits = Limits.from_env()
     root = os.open(dest, _DIR_FLAGS)
     try:
         if os.listdir(root):
@@ -168,7 +197,8 @@ class _Extractor:
             self.name = member.name
             self.seen += 1
             if self.seen > self.limits.max_entries:
-                self.fail(f"archive has more than {self.limits.max_entries} members")
+                self.fail(f"archive has more than {self.limits.max_entries} members", _LIMIT_HINT["max_entries"])
+            faults.point("import.extract")
             try:
                 self.apply(member, tar)
             except (OSError, OverflowError, ValueError) as e:
@@ -228,7 +258,7 @@ class _Extractor:
         if ".." in parts:
             self.fail(escape)
         if len(parts) > self.limits.max_depth:
-            self.fail(f"path is deeper than {self.limits.max_depth} components")
+            self.fail(f"path is deeper than {self.limits.max_depth} components", _LIMIT_HINT["max_depth"])
         return parts
 
     def open_dir(self, parts: tuple[str, ...], create: bool) -> int:
@@ -316,7 +346,7 @@ class _Extractor:
 
     def regular(self, m: tarfile.TarInfo, parts: tuple[str, ...], tar: tarfile.TarFile) -> None:
         if self.result.bytes + m.size > self.limits.max_bytes:
-            self.fail(f"archive has more than {self.limits.max_bytes} bytes of file data")
+            self.fail(f"archive has more than {self.limits.max_bytes} bytes of file data", _LIMIT_HINT["max_bytes"])
         src = tar.extractfile(m)
         with self.parent(parts) as pfd:
             self.clear(pfd, parts)

@@ -105,30 +105,67 @@ def _member_parts(name: str) -> tuple[str, ...] | None:
 
 
 class DirSource(Source):
+    """An unpacked bundle. It may hold symlinks (`docker save` links repeated layers), but
+    every name is resolved inside the directory, one component at a time: a link that
+    leaves it is refused, never followed, and only regular files are opened (a FIFO in
+    place of a blob cannot block the import)."""
+
     def __init__(self, root: Path, kind: str):
         self.root, self.kind, self.label = root, kind, str(root)
 
-    def _path(self, name: str) -> Path:
+    def _resolve(self, name: str) -> tuple[str, ...]:
         parts = _member_parts(name)
         if parts is None:
             raise ImageImportError(f"{self.label}: invalid file name {name!r} in the image index")
-        return self.root.joinpath(*parts)
+        for _ in range(16):
+            for i in range(len(parts)):
+                st = os.lstat(self.root.joinpath(*parts[: i + 1]))  # FileNotFoundError: missing
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(self.root.joinpath(*parts[: i + 1]))
+                    base = "" if target.startswith("/") else "/".join(parts[:i])
+                    new = _member_parts(_normpath(f"{base}/{target}".lstrip("/")))
+                    if new is None:
+                        raise ImageImportError(f"{self.label}: {name} is a symlink out of the directory "
+                                               f"({target!r}); ctr does not follow it", hint=_CORRUPT)
+                    parts = new + parts[i + 1:]
+                    break
+            else:
+                return parts
+        raise ImageImportError(f"{self.label}: {name}: too many levels of symbolic links", hint=_CORRUPT)
+
+    def _open_fd(self, name: str) -> int:
+        parts = self._resolve(name)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in parts[:-1]:
+                nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def has(self, name: str) -> bool:
-        return self._path(name).is_file()
+        try:
+            fd = self._open_fd(name)
+        except (OSError, ImageImportError):
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
     def open(self, name: str) -> BinaryIO:
-        path = self._path(name)
         try:
-            f = open(path, "rb")
-        except FileNotFoundError:
+            fd = self._open_fd(name)
+        except (FileNotFoundError, NotADirectoryError):
             raise ImageImportError(f"{self.label}: {name} is missing", hint=_CORRUPT) from None
-        except IsADirectoryError:
-            raise ImageImportError(f"{self.label}: {name} is not a file", hint=_CORRUPT) from None
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            f.close()
+        except OSError as e:
+            raise ImageImportError(f"{self.label}: {name} cannot be read: {e.strerror}", hint=_CORRUPT) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise ImageImportError(f"{self.label}: {name} is not a regular file", hint=_CORRUPT)
-        return f  # type: ignore[return-value]
+        return os.fdopen(fd, "rb")  # type: ignore[return-value]
 
 
 class TarSource(Source):

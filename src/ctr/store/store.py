@@ -7,6 +7,7 @@ Layout (version 1):
     ROOT/tmp/<pid>-<tag>-<rand>/     work in progress; swept when <pid> is gone
     ROOT/images/<hex>.json          image records (id = sha256 of the image config)
     ROOT/layers/<hex>/              read-only layer trees, named by their diff id
+    ROOT/layers/<hex>.json          the checksum of each layer's tree (`ctr system check`)
     ROOT/containers/<id>/container.json
     ROOT/containers/<id>/upper|work|merged|rootfs|...   driver-owned directories
     ROOT/kernels/<release>/         guest kernels for the qemu drivers
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ctr import faults
 from ctr.errors import StoreError
 from ctr.store.records import flock, read_json, write_json
 
@@ -204,6 +206,7 @@ class Store:
             os.rename(src, dst)
         except FileNotFoundError:
             return
+        faults.point("rm.moved")
         remove_path(dst)
 
     # --------------------------------------------------------------- images
@@ -235,9 +238,26 @@ class Store:
     def has_layer(self, diff_id: str) -> bool:
         return self.layer_dir(diff_id).is_dir()
 
-    def install_layer(self, diff_id: str, built: Path) -> bool:
-        """Rename a layer built under tmp/ into place; False if it already existed."""
+    def layer_record(self, diff_id: str) -> Path:
+        """`layers/<hex>.json`: the layer's checksum of its tree (`ctr system check`)."""
+        return self.layers_dir / f"{_hex(diff_id)}.json"
+
+    def read_layer_record(self, diff_id: str) -> dict | None:
+        try:
+            data = read_json(self.layer_record(diff_id))
+        except FileNotFoundError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_layer_record(self, diff_id: str, data: dict) -> None:
+        write_json(self.layer_record(diff_id), data)
+
+    def install_layer(self, diff_id: str, built: Path, record: dict | None = None) -> bool:
+        """Rename a layer built under tmp/ into place (its `record` written first, when
+        given); False if it already existed."""
         dst = self.layer_dir(diff_id)
+        if record is not None and not dst.is_dir():
+            self.write_layer_record(diff_id, record)
         try:
             os.rename(built, dst)
             return True
@@ -259,8 +279,13 @@ class Store:
         try:
             os.rename(src, dst)
         except FileNotFoundError:
-            return
-        remove_path(dst)
+            pass
+        else:
+            remove_path(dst)
+        try:
+            os.unlink(self.layer_record(diff_id))
+        except FileNotFoundError:
+            pass
 
 
 def _hex(ident: str) -> str:
