@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ctr.changes import Change, Lower, overlay_changes
 from ctr.drivers.base import Availability, Driver, filesystem_supported, userns_usable, volume_mounts
 from ctr.errors import DriverError
 from ctr.launch import Launch, MountOp, base_mounts
 from ctr.models import Container, Image
+
+if TYPE_CHECKING:
+    from ctr.changes import Change
 
 MOUNTPOINTS = ("proc", "dev", "sys", "tmp")
 
@@ -89,6 +92,8 @@ class OverlayDriver(Driver):
         return build_launch(store, container, image, self.rootless)
 
     def changes(self, store, container: Container, image: Image) -> list[Change]:
+        from ctr.changes import Lower, overlay_changes  # only diff needs it, not run
+
         upper = store.container_path(container.id, "upper")
         if not upper.is_dir():
             raise DriverError(f"container {container.short_id} has no writable layer")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from ctr import faults
 from ctr.engine.context import Context
@@ -17,6 +15,12 @@ from ctr.errors import Conflict, CtrError, ImageImportError, InvalidArgument, No
 from ctr.images.digest import HOST_IMAGE_ID, HashingReader, canonical_json, digest_bytes
 from ctr.models import HOST_IMAGE, Image, ImageConfig, now_iso
 from ctr.store.store import remove_path
+
+if TYPE_CHECKING:
+    import threading
+
+# tarfile and threading are imported where a directory is imported: `run`, `ps` and `diff`
+# read image records only (docs/performance.md)
 
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[\w][\w.-]{0,127})?$")
 
@@ -104,6 +108,9 @@ def _open_archive(path: Path) -> BinaryIO:
 
 def _tar_directory(src: Path) -> tuple[BinaryIO, threading.Thread, list[BaseException]]:
     """A pipe carrying a tar of `src`, written by a thread (no temporary copy)."""
+    import tarfile
+    import threading
+
     r, w = os.pipe2(os.O_CLOEXEC)
     errors: list[BaseException] = []
 
