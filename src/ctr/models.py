@@ -147,3 +147,61 @@ class Container:
 def short(ident: str) -> str:
     """12-character display form of an id (`sha256:` prefix dropped)."""
     return ident.split(":", 1)[-1][:12]
+
+
+# ----------------------------------------------------------------------------- VMs
+class VMState(StrEnum):
+    """Hyper-V's states. `Saved` (memory kept on disk) is not produced by any driver yet."""
+
+    OFF = "Off"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    SAVED = "Saved"
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    created: str = field(default_factory=now_iso)
+    size: int = 0  # bytes the copy takes on disk (0 when it shares blocks by reflink)
+    method: str = ""  # "reflink" or "copy"
+
+
+@dataclass
+class VM:
+    """A full virtual machine: its own copy of an image as its disk, a hardware spec, a state."""
+
+    name: str
+    id: str  # 64 hex chars; names its cgroup (sandbox) and nothing else
+    driver: str  # qemu | sandbox
+    image: str  # the image id the disk was made from (the image may since be gone)
+    image_name: str  # what the user asked for
+    cpus: int
+    memory: int  # bytes
+    disk_size: int  # bytes: the disk's virtual size (sandbox: the space it was checked against)
+    env: list[str] = field(default_factory=list)  # the image's environment, for exec
+    workdir: str = "/"  # the image's working directory, for exec
+    kernel: str = ""  # qemu: the kernel booted (an imported kernel directory or an image file)
+    kernel_release: str = ""
+    state: str = VMState.OFF.value
+    created: str = field(default_factory=now_iso)
+    started: str | None = None
+    stopped: str | None = None
+    pid: int | None = None  # qemu: the qemu process; sandbox: the relay outside its pid namespace
+    pid_start: int | None = None  # /proc/<pid>/stat start time, guards against pid reuse
+    accel: str = ""  # qemu: kvm or tcg
+    guest_kernel: str = ""  # `uname -r` reported by the running guest
+    emulated: bool = False  # the driver emulates a VM (shares the host kernel)
+    disk_used: int = 0  # bytes the disk took on the host when it was made
+    error: str = ""  # why it last stopped unexpectedly, or failed to start
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VM":
+        d = dict(d)
+        d["checkpoints"] = [Checkpoint(**c) for c in d.get("checkpoints", [])]
+        return cls(**d)

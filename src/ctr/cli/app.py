@@ -13,6 +13,7 @@ from ctr import __version__
 from ctr.cli import completion, containers, images, kube, system
 from ctr.cli import lifecycle
 from ctr.cli import commit
+from ctr.cli import vm
 from ctr.cli.common import G
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ app.add_typer(images.app, name="image")
 app.add_typer(system.app, name="system")
 commit.register(app, images.app)  # commit, export, container prune, image export
 app.add_typer(kube.app, name="kube")
+app.add_typer(vm.app, name="vm")
 app.command("completion")(completion.completion)
 
 

@@ -11,6 +11,8 @@ Layout (version 1):
     ROOT/containers/<id>/container.json
     ROOT/containers/<id>/upper|work|merged|rootfs|...   driver-owned directories
     ROOT/kernels/<release>/         guest kernels for the qemu drivers
+    ROOT/vms/<name>/vm.json         VM records; the VM's disk (disk.img or rootfs/), manifest,
+    ROOT/vms/<name>/...             console.log, run/ (pid file, agent sockets), checkpoints/
     ROOT/cache/                     derived data that can be rebuilt (initramfs, probes)
 
 A directory is built under tmp/ and renamed into place, a record is written to a temp file
@@ -207,6 +209,52 @@ class Store:
         except FileNotFoundError:
             return
         faults.point("rm.moved")
+        remove_path(dst)
+
+    # ----------------------------------------------------------------- VMs
+    def vm_dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise StoreError(f"invalid VM name {name!r}")
+        return self.vms_dir / name
+
+    def vm_record(self, name: str) -> Path:
+        return self.vm_dir(name) / "vm.json"
+
+    def vm_path(self, name: str, part: str) -> Path:
+        """A driver-owned file or directory of a VM: disk.img, rootfs, manifest, run, ..."""
+        if "/" in part or part in ("", ".", "..", "vm.json"):
+            raise ValueError(part)
+        return self.vm_dir(name) / part
+
+    def vm_ids(self) -> list[str]:
+        """The names of the VMs (a VM is named by its name)."""
+        try:
+            return sorted(e.name for e in os.scandir(self.vms_dir)
+                          if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
+    def read_vm(self, name: str) -> dict | None:
+        try:
+            return read_json(self.vm_record(name))
+        except FileNotFoundError:
+            return None
+
+    def write_vm(self, name: str, data: dict) -> None:
+        write_json(self.vm_record(name), data)
+
+    def install_vm(self, name: str, built: Path) -> None:
+        """Rename a VM directory built under tmp/ into place (caller holds the lock)."""
+        self.vms_dir.mkdir(mode=0o700, exist_ok=True)
+        os.rename(built, self.vm_dir(name))
+
+    def discard_vm(self, name: str) -> None:
+        """Move the VM out of sight atomically, then delete its files."""
+        dst = self.new_tmp(f"rmvm-{name[:40]}", directory=False)
+        try:
+            os.rename(self.vm_dir(name), dst)
+        except FileNotFoundError:
+            return
         remove_path(dst)
 
     # --------------------------------------------------------------- images

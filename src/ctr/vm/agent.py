@@ -1,0 +1,652 @@
+"""ctr's guest agent for `ctr vm` on the qemu driver: the guest side (PID 1 script) and the
+host side (a client of its virtio-serial ports).
+
+The guest side is `/ctr/vm-init`, a busybox shell script appended to the qemu machinery's
+cached initramfs (`ctr.qemu.base_initramfs`) in a small archive of its own, and chosen with
+`rdinit=`.  It mounts /proc, /sys, /dev, loads the modules, mounts the VM's disk
+(virtio-blk, ext4) at /mnt/root with /proc, /sys and a small /dev inside it, and then
+serves the host for as long as the VM runs:
+
+- port `ctr_control`: PID 1 itself.  Each time the host connects it writes
+  `ready RELEASE`, then answers one request per line:
+  `ping` -> `pong`; `sync` -> `ok`; `freeze` -> `ok` (fsfreeze of the root: the journal is
+  checkpointed and writes wait, so the host can read a consistent disk); `thaw` -> `ok`;
+  `shutdown GRACE [force]` -> `stopping`, then every process gets SIGTERM (SIGKILL at once
+  with `force`), the rest SIGKILL after GRACE seconds, the disk is synced and unmounted and
+  the VM powers off (the host sees qemu exit).  A frozen root is thawed when the host goes
+  away.  Every answer goes to a connected host: a port write blocks while none is, so an
+  answer the host did not wait for reaches the next client first, which skips to `ready`.
+- ports `ctr_N_ctl`, `ctr_N_out`, `ctr_N_err` (N = 0..SLOTS-1): exec slots, each a shell
+  loop, so SLOTS commands can run at once.  When a host connects to a slot's ctl port the
+  slot writes `ready`; the host sends `exec B64` (base64 of shell assignments X_ARGV, X_ENV,
+  X_WD, each value quoted for `eval`); the slot answers `started`, runs
+  `env -i ENV nsenter -r/mnt/root -w/mnt/root/WD -- ARGV` (busybox's nsenter chroots,
+  changes directory and execs in one go: 127 not found, 126 cannot invoke) with stdin from
+  /dev/null and stdout/stderr through FIFOs to two `cat` relays writing to the slot's out and
+  err ports, and ends with `exit N` once the relays are done (so all output is out before the
+  status).  While it runs the host may send `signal N`; if the host goes away the command
+  is killed.
+
+Why this shape: a virtio-serial port reads as end-of-file while no host is connected, but a
+write blocks until one connects — so each loop *writes* `ready` and sleeps in the kernel
+until a client arrives, with no polling.  qemu serves each port as a unix socket in the VM's
+run directory (listening sockets ctr binds and hands to qemu as `fd=N`, so no path length
+limit applies); a socket accepts one client at a time, and `exec` takes a slot with an flock
+on the slot's lock file.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import re
+import secrets
+import selectors
+import shlex
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from ctr.errors import DriverError
+
+CONTROL = "ctr_control"
+SLOTS = 4  # commands that can run at once in one VM; a further exec waits for a free slot
+GUEST_ROOT = "/mnt/root"
+INIT_PATH = "ctr/vm-init"
+
+
+def slot_ports(i: int) -> tuple[str, str, str]:
+    return f"ctr_{i}_ctl", f"ctr_{i}_out", f"ctr_{i}_err"
+
+
+def port_names(slots: int = SLOTS) -> list[str]:
+    names = [CONTROL]
+    for i in range(slots):
+        names += slot_ports(i)
+    return names
+
+
+VM_INIT = r"""#!/bin/sh
+# ctr VM init -- PID 1 of a `ctr vm` on the qemu driver.  Generated; see ctr/vm/agent.py.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+say() { echo "ctr-vm: $*" >/dev/console; }
+die() { say "error: $*"; sync; poweroff -f; exit 1; }
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev 2>/dev/null
+. /etc/ctr/vm.conf || die "cannot read /etc/ctr/vm.conf"
+for m in $CTR_MODULES; do
+    insmod "/lib/modules/$m.ko" || say "insmod $m failed"
+done
+
+# the named virtio-serial ports (their names arrive asynchronously from qemu)
+n=0
+while :; do
+    found=0
+    for p in /sys/class/virtio-ports/*; do
+        [ -r "$p/name" ] || continue
+        read -r name <"$p/name"
+        case "$name" in
+        ctr_*[!a-z0-9_]*) ;;
+        ctr_*) [ -c "/dev/${p##*/}" ] && eval "P_$name=/dev/${p##*/}" && found=$((found + 1)) ;;
+        esac
+    done
+    [ "$found" -ge "$CTR_NPORTS" ] && break
+    n=$((n + 1))
+    [ $n -gt 2000 ] && die "virtio-serial ports did not appear (is virtio_console loaded?)"
+    sleep 0.01
+done
+
+R=/mnt/root
+mkdir -p $R /run/ctr
+n=0
+while [ ! -b "$CTR_ROOT_DEV" ]; do
+    n=$((n + 1))
+    [ $n -gt 1000 ] && die "root disk $CTR_ROOT_DEV did not appear"
+    sleep 0.01
+done
+mount -t ext4 -o "$CTR_ROOT_OPTS" "$CTR_ROOT_DEV" $R || die "cannot mount root disk $CTR_ROOT_DEV"
+[ -d $R/proc ] && mount -t proc -o nosuid,nodev,noexec proc $R/proc
+[ -d $R/sys ] && mount -t sysfs -o nosuid,nodev,noexec sysfs $R/sys
+if [ -d $R/dev ]; then
+    mount -t tmpfs -o nosuid,mode=0755,size=65536k tmpfs $R/dev
+    for d in "null 1 3" "zero 1 5" "full 1 7" "random 1 8" "urandom 1 9" "tty 5 0" "console 5 1"; do
+        set -- $d
+        mknod -m 666 "$R/dev/$1" c "$2" "$3"
+    done
+    ln -s /proc/self/fd $R/dev/fd
+    ln -s /proc/self/fd/0 $R/dev/stdin
+    ln -s /proc/self/fd/1 $R/dev/stdout
+    ln -s /proc/self/fd/2 $R/dev/stderr
+    mkdir $R/dev/pts $R/dev/shm
+    mount -t devpts -o nosuid,noexec,newinstance,ptmxmode=0666 devpts $R/dev/pts &&
+        ln -s pts/ptmx $R/dev/ptmx
+    mount -t tmpfs -o nosuid,nodev,mode=1777 shm $R/dev/shm
+fi
+[ -n "$CTR_HOSTNAME" ] && hostname "$CTR_HOSTNAME"
+
+slot() {
+    eval "ctl=\$P_ctr_$1_ctl out=\$P_ctr_$1_out err=\$P_ctr_$1_err"
+    fo=/run/ctr/$1.out fe=/run/ctr/$1.err req=/run/ctr/$1.req
+    exec 4<>"$ctl"
+    while :; do
+        echo ready >&4 2>/dev/null || { sleep 1; continue; }
+        read -r verb arg <&4 || continue
+        [ "$verb" = exec ] || { echo "error unknown request $verb" >&4; continue; }
+        X_ARGV= X_ENV= X_WD=/ X_END=
+        echo "$arg" | base64 -d >$req 2>/dev/null && . $req || { echo "error bad request" >&4; continue; }
+        rm -f $fo $fe
+        mkfifo $fo $fe
+        cat $fo >"$out" &
+        c1=$!
+        cat $fe >"$err" &
+        c2=$!
+        mkdir -p "$R$X_WD" 2>/dev/null
+        # exec: the background job is the command itself, so $child gets its signals
+        eval "exec env -i $X_ENV nsenter -r$R \"-w\$R\$X_WD\" -- $X_ARGV" </dev/null >$fo 2>$fe &
+        child=$!
+        # while it runs: "signal N" from the host; the host gone (end of file): kill it
+        (while read -r v a; do
+            [ "$v" = signal ] && kill -"$a" $child 2>/dev/null
+        done
+        kill -KILL $child 2>/dev/null) <&4 &
+        rd=$!
+        echo started >&4
+        wait $child
+        rc=$?
+        kill $rd 2>/dev/null
+        wait $rd 2>/dev/null
+        # a background process still holding the command's stdout must not hold the slot
+        (sleep 1; kill $c1 $c2) 2>/dev/null &
+        k=$!
+        wait $c1 $c2
+        kill $k 2>/dev/null
+        # end-of-stream markers: a port write returns before qemu has passed the data on,
+        # so the host reads each stream up to its marker.  A write for a host that went
+        # away waits for the next one, which discards what carries another's marker.
+        printf %s "$X_END" >"$out"
+        printf %s "$X_END" >"$err"
+        echo "exit $rc" >&4
+    done
+}
+
+alive() {  # any process left besides PID 1 and kernel threads (zombies do not count)?
+    for s in /proc/[0-9]*/stat; do
+        read -r pid _ state ppid _ <"$s" 2>/dev/null || continue
+        [ "$pid" = 1 ] || [ "$pid" = 2 ] || [ "$ppid" = 2 ] || [ "$state" = Z ] || return 0
+    done
+    return 1
+}
+
+shutdown() {  # GRACE [force]
+    echo stopping >&3
+    say "shutting down"
+    if [ "$2" = force ]; then
+        kill -KILL -1
+    else
+        kill -TERM -1
+        n=0
+        while alive && [ $n -lt $(($1 * 10)) ]; do sleep 0.1; n=$((n + 1)); done
+        kill -KILL -1
+    fi
+    sleep 0.1
+    sync
+    for m in dev/shm dev/pts dev sys proc; do umount "$R/$m" 2>/dev/null; done
+    umount $R 2>/dev/null || mount -o remount,ro $R 2>/dev/null
+    say "powering off"
+    poweroff -f
+}
+
+i=0
+while [ $i -lt "$CTR_SLOTS" ]; do
+    slot $i &
+    i=$((i + 1))
+done
+exec 3<>"$P_ctr_control"
+release=$(uname -r)
+say "ready"
+frozen=
+while :; do
+    echo "ready $release" >&3 2>/dev/null || { sleep 1; continue; }
+    while read -r verb arg <&3; do
+        case "$verb" in
+        ping) echo pong >&3 ;;
+        sync) sync; echo ok >&3 ;;
+        freeze) sync; if fsfreeze --freeze $R; then frozen=1; echo ok >&3; else echo "error cannot freeze the disk" >&3; fi ;;
+        thaw) [ -n "$frozen" ] && fsfreeze --unfreeze $R; frozen=; echo ok >&3 ;;
+        shutdown) [ -n "$frozen" ] && fsfreeze --unfreeze $R; shutdown $arg ;;
+        *) echo "error unknown request $verb" >&3 ;;
+        esac
+    done
+    [ -n "$frozen" ] && fsfreeze --unfreeze $R
+    frozen=
+done
+"""
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What /ctr/vm-init needs: modules to load, root device and its mount options."""
+
+    modules: tuple[str, ...]
+    hostname: str = ""
+    root_dev: str = "/dev/vda"
+    # noinit_itable: the disk is a sparse file whose unused inode tables already read as
+    # zeros, so the kernel's background zeroing would only cost emulated CPU and grow it
+    root_opts: str = "rw,noinit_itable"
+    slots: int = SLOTS
+
+
+def vm_conf(spec: GuestSpec) -> str:
+    q = shlex.quote
+    return "\n".join([
+        f"CTR_MODULES={q(' '.join(spec.modules))}",
+        f"CTR_HOSTNAME={q(spec.hostname)}",
+        f"CTR_ROOT_DEV={q(spec.root_dev)}",
+        f"CTR_ROOT_OPTS={q(spec.root_opts)}",
+        f"CTR_SLOTS={int(spec.slots)}",
+        f"CTR_NPORTS={len(port_names(spec.slots))}",
+    ]) + "\n"
+
+
+def init_archive(spec: GuestSpec) -> bytes:
+    """The cpio archive appended after the qemu machinery's base and disk archives."""
+    import io
+
+    from ctr.qemu import cpio
+
+    buf = io.BytesIO()
+    with cpio.CpioWriter(buf) as w:
+        w.add_dir("ctr")
+        w.add_file(INIT_PATH, VM_INIT.encode(), 0o755)
+        w.add_file("etc/ctr/vm.conf", vm_conf(spec).encode())
+    return buf.getvalue()
+
+
+MARKER = re.compile(rb"<ctr-end ([0-9a-f]{32})>")
+MARKER_PREFIX = b"<ctr-end "
+MARKER_LEN = len(MARKER_PREFIX) + 33
+
+
+def end_marker(token: str) -> bytes:
+    return MARKER_PREFIX + token.encode() + b">"
+
+
+def exec_request(argv: list[str], env: dict[str, str], workdir: str, token: str) -> bytes:
+    """The `exec B64` line a slot reads: shell assignments, every value quoted for eval;
+    X_END is the end-of-stream marker the slot writes after the command's output."""
+    if not argv:
+        raise ValueError("empty command")
+    if not workdir.startswith("/"):
+        raise ValueError(f"workdir must be absolute: {workdir!r}")
+    if not re.fullmatch(r"[0-9a-f]{32}", token):
+        raise ValueError("token must be 32 hex digits")
+    q = shlex.quote
+    script = "\n".join([
+        f"X_ARGV={q(' '.join(q(a) for a in argv))}",
+        f"X_ENV={q(' '.join(q(f'{k}={v}') for k, v in env.items()))}",
+        f"X_WD={q(workdir.rstrip('/') or '/')}",
+        f"X_END={q(end_marker(token).decode())}",
+    ]) + "\n"
+    return b"exec " + base64.b64encode(script.encode("utf-8", "surrogateescape")) + b"\n"
+
+
+class StreamEnd:
+    """Passes one output stream on, up to this exec's end marker.  Everything up to a
+    marker of another exec (output left by a client that went away) is dropped; the last
+    few bytes are held back until it is clear they do not begin a marker."""
+
+    def __init__(self, token: str, sink: Callable[[bytes], None]):
+        self.mine = end_marker(token)
+        self.sink = sink
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.buf += data
+        while (m := MARKER.search(self.buf)) is not None:
+            if m.group(0) == self.mine:
+                self.sink(self.buf[:m.start()])
+                self.buf = b""
+                self.done = True
+                return
+            self.buf = self.buf[m.end():]  # another exec's leftovers
+        keep = 0
+        for n in range(min(MARKER_LEN - 1, len(self.buf)), 0, -1):
+            tail = self.buf[-n:]
+            if MARKER_PREFIX.startswith(tail[:len(MARKER_PREFIX)]) and \
+                    all(c in b"0123456789abcdef" for c in tail[len(MARKER_PREFIX):]):
+                keep = n
+                break
+        if len(self.buf) > keep:
+            self.sink(self.buf[:len(self.buf) - keep])
+            self.buf = self.buf[len(self.buf) - keep:]
+
+    def flush(self) -> None:
+        if self.buf and not self.done:
+            self.sink(self.buf)
+        self.buf = b""
+
+
+# ----------------------------------------------------------------------------- host side
+def bind_listener(path: Path) -> socket.socket:
+    """A listening unix socket at `path` (any length: bound through /proc/self/fd)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with _short(path) as short:
+            sock.bind(short)
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect(path: Path, timeout: float | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        with _short(path) as short:
+            sock.connect(short)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@contextmanager
+def _short(path: Path) -> Iterator[str]:
+    """`path`, or the same file reached through /proc/self/fd when it is too long for a
+    unix socket address (108 bytes)."""
+    if len(os.fsencode(str(path))) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+class Lines:
+    """Line reader over a socket, with a deadline."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = b""
+
+    def read(self, timeout: float | None) -> str | None:
+        """One line (without the newline), or None at end of file."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
+            else:
+                self.sock.settimeout(None)
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                raise TimeoutError from None
+            if not data:
+                return None
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace").rstrip("\r")
+
+
+class Control:
+    """A session on the control port (one client at a time; qemu queues the others)."""
+
+    def __init__(self, path: Path, timeout: float = 10.0):
+        self.sock = connect(path, timeout)
+        self.lines = Lines(self.sock)
+        try:
+            while True:  # an answer meant for a client that went away may come first
+                first = self.lines.read(timeout)
+                if first is None:
+                    raise DriverError("the VM's agent did not answer")
+                if first.startswith("ready"):
+                    break
+        except BaseException:
+            self.close()
+            raise
+        self.release = first.partition(" ")[2]
+
+    def request(self, line: str, timeout: float = 30.0) -> str:
+        self.sock.sendall(line.encode() + b"\n")
+        answer = self.lines.read(timeout)
+        if answer is None:
+            raise DriverError(f"the VM's agent went away during {line.split()[0]!r}")
+        if answer.startswith("error "):
+            raise DriverError(f"the VM's agent: {answer[6:]}")
+        return answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Control":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_ready(path: Path, deadline: float, alive: Callable[[], bool]) -> str:
+    """Wait until the agent answers on the control socket; returns the guest's kernel
+    release.  DriverError when `alive()` turns false (qemu exited) first; TimeoutError at
+    `deadline` (time.monotonic())."""
+    while True:
+        if not alive():
+            raise DriverError("the VM stopped while booting")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            sock = connect(path, min(left, 1.0))
+        except (FileNotFoundError, ConnectionRefusedError, socket.timeout):
+            time.sleep(0.05)
+            continue
+        lines = Lines(sock)
+        try:
+            while True:  # the guest writes "ready" only once its agent runs
+                if not alive():
+                    raise DriverError("the VM stopped while booting")
+                try:
+                    line = lines.read(min(max(deadline - time.monotonic(), 0.01), 0.5))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    continue
+                if line is None:
+                    break  # qemu went away
+                if line.startswith("ready"):
+                    return line.partition(" ")[2]
+        finally:
+            sock.close()
+
+
+@contextmanager
+def _slot(run_dir: Path, slots: int) -> Iterator[int]:
+    """Take a free exec slot (flock on its lock file); wait on one when all are busy."""
+    import fcntl
+
+    fds = []
+    try:
+        for i in range(slots):
+            fd = os.open(run_dir / f"slot{i}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                continue
+            yield i
+            return
+        i = os.getpid() % slots
+        fcntl.flock(fds[i], fcntl.LOCK_EX)
+        yield i
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+Sink = BinaryIO | int | None
+
+
+def _writer(dest: Sink) -> Callable[[bytes], None]:
+    if dest is None:
+        return lambda data: None
+    if isinstance(dest, int):
+        def write_fd(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dest, view):]
+        return write_fd
+
+    def write_obj(data: bytes) -> None:
+        dest.write(data)
+        dest.flush()
+    return write_obj
+
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: str, *,
+                stdout: Sink = 1, stderr: Sink = 2, slots: int = SLOTS,
+                alive: Callable[[], bool] = lambda: True, connect_timeout: float = 30.0,
+                drain_timeout: float = 30.0) -> int:
+    """Run `argv` in the VM through a free exec slot; stream its output; return its exit
+    code (126/127 from the guest as they are).  Signals sent to this process (INT, TERM,
+    HUP, QUIT, USR1, USR2) are passed to the command.  DriverError when the VM goes away."""
+    token = secrets.token_hex(16)
+    request = exec_request(argv, env, workdir, token)
+    with _slot(run_dir, slots) as i:
+        socks: list[socket.socket] = []
+        try:
+            for name in slot_ports(i):
+                socks.append(connect(run_dir / f"{name}.sock", connect_timeout))
+            ctl, out, err = socks
+            lines = Lines(ctl)
+            _await_ready(lines, alive, connect_timeout)
+            ctl.sendall(request)
+            return _stream(ctl, lines, {out: StreamEnd(token, _writer(stdout)),
+                                        err: StreamEnd(token, _writer(stderr))},
+                           alive, drain_timeout)
+        except (ConnectionRefusedError, FileNotFoundError) as e:
+            raise DriverError(f"cannot reach the VM's agent: {e.strerror}") from None
+        finally:
+            for s in socks:
+                s.close()
+
+
+def _await_ready(lines: Lines, alive: Callable[[], bool], timeout: float) -> None:
+    """Read the slot's lines up to `ready` (earlier ones are a previous client's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.read(0.5)
+        except TimeoutError:
+            if not alive():
+                raise DriverError("the VM stopped") from None
+            if time.monotonic() >= deadline:
+                raise DriverError(f"the VM's agent did not answer within {timeout:g} s") from None
+            continue
+        if line is None:
+            raise DriverError("the VM's agent closed the connection")
+        if line == "ready":
+            return
+
+
+def _stream(ctl: socket.socket, lines: Lines, streams: dict[socket.socket, StreamEnd],
+            alive: Callable[[], bool], drain_timeout: float) -> int:
+    pending: list[int] = []
+    old = {}
+
+    def forward(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    for sig in FORWARDED:
+        try:
+            old[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread
+            break
+    sel = selectors.DefaultSelector()
+    try:
+        for sock in (*streams, ctl):
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ)
+        status = lines.buf
+        lines.buf = b""
+        code: int | None = None
+        drain_deadline = float("inf")
+        while code is None or not all(s.done for s in streams.values()):
+            if code is not None and time.monotonic() >= drain_deadline:
+                break  # the markers did not come: give what arrived
+            while pending and code is None:
+                ctl.sendall(f"signal {pending.pop(0)}\n".encode())
+            events = sel.select(timeout=0.5)
+            if not events and not alive():
+                if code is not None:
+                    break
+                raise DriverError("the VM stopped while the command ran")
+            for key, _ in events:
+                sock = key.fileobj
+                try:
+                    data = sock.recv(65536)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionResetError:
+                    data = b""
+                if sock is ctl:
+                    if not data:
+                        sel.unregister(ctl)
+                        if code is None:
+                            raise DriverError("the VM stopped while the command ran")
+                        continue
+                    status += data
+                    while b"\n" in status and code is None:
+                        line, _, status = status.partition(b"\n")
+                        verb, _, arg = line.decode(errors="replace").strip().partition(" ")
+                        if verb == "exit" and arg.lstrip("-").isdigit():
+                            code = int(arg)
+                            drain_deadline = time.monotonic() + drain_timeout
+                        elif verb == "error":
+                            raise DriverError(f"the VM's agent could not run the command: {arg}")
+                elif data:
+                    streams[sock].feed(data)  # type: ignore[index]
+                else:
+                    sel.unregister(sock)
+                    streams[sock].done = True  # type: ignore[index]
+        for s in streams.values():
+            s.flush()
+        assert code is not None
+        return code
+    finally:
+        sel.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def read_console_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+__all__ = ["CONTROL", "Control", "GuestSpec", "SLOTS", "StreamEnd", "VM_INIT", "bind_listener",
+           "connect", "end_marker", "exec_request", "init_archive", "port_names", "run_command",
+           "slot_ports", "vm_conf", "wait_ready"]
