@@ -54,6 +54,19 @@ class ImageImportError(CtrError):
         self.member = member
 
 
+def environment_error(e: BaseException) -> CtrError | None:
+    """An OSError the machine caused rather than ctr (a full disk, a quota, a read-only
+    filesystem), as the one-line error it deserves; None for anything else (a bug)."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return None
+    where = f" ({e.filename})" if e.filename else ""
+    return CtrError(f"{e.strerror}{where}",
+                    hint="free space in ctr's store: `ctr rm -f`, `ctr container prune`, `ctr image rm`"
+                    if e.errno != errno.EROFS else None)
+
+
 # Exit codes of `run` and `exec`, as docker and podman use them.
 EXIT_CTR_FAILED = 125
 EXIT_CANNOT_INVOKE = 126

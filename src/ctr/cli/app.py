@@ -97,10 +97,15 @@ def run_cli(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug: still one line, the traceback only with --debug
+        from ctr.errors import environment_error
+
         if G.debug:
             import traceback
 
             traceback.print_exc()
+        if (env := environment_error(e)) is not None:  # a full disk is no bug
+            output.error(env.message, env.hint)
+            return 125 if G.run_like else 1
         output.error(f"internal error: {type(e).__name__}: {e}",
                      None if G.debug else "this is a bug in ctr; run again with --debug to see the traceback")
         return 125 if G.run_like else 1

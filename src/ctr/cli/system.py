@@ -47,3 +47,32 @@ def info(format: str = typer.Option("table", "--format", help="table, json or ya
 
 
 app.command("info")(info)
+
+
+@app.command("check")
+def check(
+    repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired safely (see docs/security.md)"),
+    format: str = typer.Option("table", "--format", help="table, json or yaml"),
+) -> None:
+    """Verify the store: layer checksums, records, leftovers of crashes; --repair fixes what it can."""
+    from ctr import output
+    from ctr.engine import check as ck
+
+    check_format(format, ("table", "json", "yaml"))
+    report = ck.check(ctx(), repair=repair)
+    if format != "table":
+        output.emit(format, [report.to_dict()], [], [], single=True)
+    else:
+        for f in report.findings:
+            state = "repaired" if f.repaired else ("repairable" if f.repair else "PROBLEM")
+            what = f"{f.kind} {f.subject.split(':', 1)[-1][:12] if f.kind in ('layer', 'image', 'container') else f.subject}"
+            print(f"{state}: {what}: {f.problem}" + (f" ({f.repair})" if f.repair and not f.repaired else ""))
+            if f.hint and not f.repaired:
+                print(f"  hint: {f.hint}")
+        left = report.remaining
+        print(f"checked {report.layers} layers, {report.images} images, {report.containers} containers: "
+              + ("ok" if not report.findings else
+                 f"{len(report.findings) - len(left)} repaired, {len(left)} left"
+                 + (" (run with --repair)" if left and not repair and any(f.repair for f in left) else "")))
+    if report.remaining:
+        raise typer.Exit(1)

@@ -76,7 +76,14 @@ def reconcile(ctx: Context, c: Container) -> Container:
                 x.finished = x.finished or now_iso()
                 if x.exit_code is None:
                     x.error = x.error or "the container's process ended without ctr recording its exit"
-        return update(ctx, c.id, mark) or c
+        try:
+            return update(ctx, c.id, mark) or c
+        except OSError:  # the record cannot be written (a full disk): show it reconciled anyway
+            import copy
+
+            shown = copy.deepcopy(c)
+            mark(shown)
+            return shown
     return c
 
 
@@ -303,7 +310,17 @@ def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -
             x.finished = now_iso()
             x.error = error
             x.started = x.started or x.finished
-        update(ctx, c.id, done)
+        try:
+            update(ctx, c.id, done)
+        except OSError as e:
+            if not c.auto_remove:  # (with --rm the record goes anyway)
+                failed = CtrError(
+                    f"container {c.name} exited"
+                    + (f" with code {code}" if code is not None else "")
+                    + f", but ctr cannot record it: {e.strerror or e}",
+                    hint=f"free space in {ctx.store.root}; `ctr rm -f {c.name}` removes the container")
+                failed.exit_code = 125
+                raise failed from None
         if c.auto_remove:
             remove_containers(ctx, [c.id], force=True)
 
