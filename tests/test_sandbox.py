@@ -104,7 +104,7 @@ def test_plan_runtime_filesystems_masks_and_volumes(tmp_path):
         assert m[p].source == "/dev/null"
     for p in sb.READONLY:
         assert "ro" in m[p].flags and m[p].source == la.root + p
-    assert m["/data"].flags == ("bind", "ro", "idmap")  # the volume's owners map like the layers'
+    assert m["/data"].flags == ("bind", "ro", "nodev", "idmap")  # owners map like the layers'
     # the order the kernel needs: /proc before what masks parts of it, the volume last
     targets = [x.target for x in la.mounts if x.in_root]
     assert targets.index("/proc") < targets.index("/proc/sys") < targets.index("/data")
@@ -384,6 +384,17 @@ def test_proc_is_masked_and_kernel_settings_read_only(ctr, bb):
         assert r.code != 0, target
     assert out_of(hv(ctr, bb, "cat", "/proc/sys/kernel/core_pattern")).strip() == \
         Path("/proc/sys/kernel/core_pattern").read_text().strip()
+
+
+@needs_root
+@needs_busybox
+def test_volumes_carry_no_devices(ctr, bb, tmp_path):
+    """Root mode keeps CAP_MKNOD: a node made on a volume (a host directory) must not open."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    out = out_of(hv(ctr, "-v", f"{vol}:/v", bb, "cat", "/proc/self/mountinfo"))
+    line = next(ln for ln in out.splitlines() if ln.split()[4] == "/v")
+    assert "nodev" in line.split()[5].split(",")
 
 
 @needs_root

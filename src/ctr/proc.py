@@ -222,9 +222,11 @@ def _do_mount(op: MountOp, root_fd: int | None) -> None:
     finally:
         if fd is not None:
             os.close(fd)
-    if "bind" in op.flags and "ro" in op.flags:
-        # read-only bind: a remount of the new mount (reached afresh: a descriptor opened
-        # before the mount points below it), keeping flags the kernel locked on the source
+    limits = [f for f in op.flags if f in ("ro", "nosuid", "nodev", "noexec")]
+    if "bind" in op.flags and limits:
+        # a bind takes ro/nosuid/nodev/noexec only through a remount of the new mount (reached
+        # afresh: a descriptor opened before the mount points below it), keeping flags the
+        # kernel locked on the source
         target, fd = _target(op, root_fd, create=False)
         try:
             keep = 0
@@ -232,7 +234,7 @@ def _do_mount(op: MountOp, root_fd: int | None) -> None:
             for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec")):
                 if sv.f_flag & bit:
                     keep |= MS[name]
-            mount("none", target, None, MS["bind"] | MS["remount"] | MS["ro"] | keep)
+            mount("none", target, None, MS["bind"] | MS["remount"] | mount_flags(limits) | keep)
         finally:
             if fd is not None:
                 os.close(fd)

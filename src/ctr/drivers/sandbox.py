@@ -90,8 +90,8 @@ def build_launch(store, container: Container, image: Image, limits: cgroups.Plan
                for p in MASKED_DIRS]
     mounts += [MountOp(p, merged + p, None, ("bind", "rec", "ro"),
                        kind="file" if p == "/proc/sysrq-trigger" else "dir", optional=True) for p in READONLY]
-    for m in volume_mounts(container):
-        mounts.append(MountOp(m.target, m.source, m.fstype, m.flags + (("idmap",) if userns else ()),
+    for m in volume_mounts(container):  # nodev: root mode keeps CAP_MKNOD (as for the root)
+        mounts.append(MountOp(m.target, m.source, m.fstype, m.flags + ("nodev",) + (("idmap",) if userns else ()),
                               kind=m.kind))
     cfg = container.config
     return Launch(
