@@ -51,6 +51,10 @@ READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trig
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts")
 
 
+def _KERNEL() -> str:
+    return f"shared with the host ({platform.release()}): an emulated utility VM"
+
+
 def limits_for(container: Container) -> cgroups.Limits:
     cfg = container.config
     return cgroups.Limits.for_memory(cfg.memory or DEFAULT_MEMORY, cfg.cpus or DEFAULT_CPUS)
@@ -142,50 +146,44 @@ class SandboxDriver(OverlayDriver):
             (ctr_dir / "hostroot").mkdir(mode=0o755)
 
     def launch(self, store, container: Container, image: Image) -> Launch:
-        """Create the container's cgroup (its relay removes it when the container ends; `rm`
-        too, after a crash), record how it is confined, and return the plan."""
+        """Create the container's cgroup (removed by the janitor when the container ends, and
+        by `rm` after a crash), record how it is confined, and return the plan."""
         userns, why = self.userns_mode(store)
-        plan = cgroups.plan(limits_for(container), container.id, cgroups.detect())
-        note = ""
+        limits = limits_for(container)
+        plan = cgroups.plan(limits, container.id, cgroups.detect())
+        record = store.container_path(container.id, RUNTIME)
+        note = {}
         try:
-            _write_json(store.container_path(container.id, RUNTIME), {"groups": plan.groups})
+            _write_json(record, {"limits": plan.to_dict()})  # first: what `rm` must remove
             cgroups.create(plan)
         except OSError as e:
-            note = f"cgroups unusable ({e.strerror or e}); fell back to rlimits"
-            plan = cgroups.rlimits_only(limits_for(container), "cgroup setup failed")
-        limits = limits_for(container)
-        _write_json(store.container_path(container.id, RUNTIME), {
-            "kernel": f"shared with the host ({platform.release()}): an emulated utility VM",
+            note = {"note": f"cgroups unusable ({e.strerror or e}); fell back to rlimits"}
+            plan = cgroups.rlimits_only(limits, "cgroup setup failed")
+        _write_json(record, {
+            "kernel": _KERNEL(),
             "user_namespace": (f"container ids 0-65535 are host ids {SUBID_BASE}-{SUBID_BASE + 65535}"
                                if userns else f"none: the workload runs as host root, capabilities cut ({why})"),
             "namespaces": list((("user",) if userns else ()) + NAMESPACES),
             "capabilities": "docker's default set (no SYS_ADMIN, SYS_PTRACE, NET_ADMIN, SYS_MODULE, ...)",
             "limits": {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids,
-                       **plan.to_dict(), **({"note": note} if note else {})},
-            "groups": plan.groups,
+                       **plan.to_dict(), **note},
         })
         return build_launch(store, container, image, plan, userns)
 
     def cleanup(self, store, container: Container) -> None:
         """Whatever is left in the container's cgroups is killed and the groups removed."""
-        try:
-            groups = json.loads(store.container_path(container.id, RUNTIME).read_text()).get("groups", [])
-        except (OSError, ValueError):
-            groups = []
-        mine = [g for g in groups if g.rstrip("/").endswith("/ctr/" + container.id)]
-        cgroups.remove(mine)
+        groups = self.runtime_info(store, container)["limits"].get("groups", [])
+        cgroups.remove([g for g in groups if g.rstrip("/").endswith("/ctr/" + container.id)])
         super().cleanup(store, container)
 
     def runtime_info(self, store, container: Container) -> dict:
         """How this container is confined (for `inspect`)."""
         try:
-            info = json.loads(store.container_path(container.id, RUNTIME).read_text())
-        except (OSError, ValueError):
+            return json.loads(store.container_path(container.id, RUNTIME).read_text())
+        except (OSError, ValueError):  # never started
             limits = limits_for(container)
-            info = {"kernel": f"shared with the host ({platform.release()}): an emulated utility VM",
-                    "limits": {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}}
-        info.pop("groups", None)
-        return info
+            return {"kernel": _KERNEL(), "limits": {"memory": limits.memory, "cpus": limits.cpus,
+                                                   "pids": limits.pids}}
 
     # ---------------------------------------------------------------- the mapped mode
     def userns_mode(self, store) -> tuple[bool, str]:
