@@ -51,7 +51,7 @@ READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trig
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts")
 
 
-def _KERNEL() -> str:
+def _kernel_note() -> str:
     return f"shared with the host ({platform.release()}): an emulated utility VM"
 
 
@@ -160,7 +160,7 @@ class SandboxDriver(OverlayDriver):
             note = {"note": f"cgroups unusable ({e.strerror or e}); fell back to rlimits"}
             plan = cgroups.rlimits_only(limits, "cgroup setup failed")
         _write_json(record, {
-            "kernel": _KERNEL(),
+            "kernel": _kernel_note(),
             "user_namespace": (f"container ids 0-65535 are host ids {SUBID_BASE}-{SUBID_BASE + 65535}"
                                if userns else f"none: the workload runs as host root, capabilities cut ({why})"),
             "namespaces": list((("user",) if userns else ()) + NAMESPACES),
@@ -182,7 +182,7 @@ class SandboxDriver(OverlayDriver):
             return json.loads(store.container_path(container.id, RUNTIME).read_text())
         except (OSError, ValueError):  # never started
             limits = limits_for(container)
-            return {"kernel": _KERNEL(), "limits": {"memory": limits.memory, "cpus": limits.cpus,
+            return {"kernel": _kernel_note(), "limits": {"memory": limits.memory, "cpus": limits.cpus,
                                                    "pids": limits.pids}}
 
     # ---------------------------------------------------------------- the mapped mode
