@@ -9,7 +9,8 @@
 - no layer holds anything but exactly what its digest says (`ctr system check` recomputes
   every layer's tree), and `system check --repair` removes what the crash left over.
 
-`vm create` has no crash point yet: `ctr vm` has not landed.
+The same for `vm create` (disk built, VM installed) and `vm start` (machine started, not yet
+recorded running): `vm ls` answers, what it lists starts, stops and goes with `vm rm -f`.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def check_after_crash(ctr: Ctr) -> dict:
     assert images.code == 0, images
     if not _HAS_VM:
         _HAS_VM.append("No such command" not in ctr("vm", "--help").err)
-    if _HAS_VM[0]:
-        assert ctr("vm", "ls").code == 0
+    vm = ctr("vm", "ls", "--format", "json") if _HAS_VM[0] else None
+    if vm is not None:
+        assert vm.code == 0, vm
     records_parse(ctr.root)
     r = ctr("system", "check", "--format", "json")
     assert r.code in (0, 1), r
@@ -111,6 +113,9 @@ def check_after_crash(ctr: Ctr) -> dict:
     listed = [c["Id"] for c in json.loads(ps.out)]
     if listed:
         assert sorted(ctr.ok("rm", "-f", *listed).split()) == sorted(listed)
+    vms = [v["Name"] for v in json.loads(vm.out)] if _HAS_VM[0] else []
+    if vms:
+        ctr.ok("vm", "rm", "-f", *vms)
     assert list((ctr.root / "containers").iterdir()) == []
     assert settle(ctr) == [], "a container's process outlived its removal"
     assert host_mounts_under(ctr.root) == []
@@ -269,3 +274,42 @@ def test_crash_during_import(ctr, rootfs, tmp_path, kind, point):
     # importing again works and gives a usable image
     ctr.ok("image", "import", str(source), "imp:1")
     assert ctr.ok("run", "--rm", "imp:1", "echo", "ok") == "ok\n"
+
+
+# ============================================================================ vm create, vm start
+def _vm_ls(ctr: Ctr) -> list[dict]:
+    return json.loads(ctr.ok("vm", "ls", "--format", "json"))
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("point", ["vm.built", "vm.installed"])
+def test_crash_during_vm_create(ctr, bb, point):
+    crash(ctr, point, "vm", "create", "-q", "--driver", "sandbox", "--image", bb, "v")
+    vms = _vm_ls(ctr)
+    if point == "vm.built":
+        assert vms == [], "a VM whose disk was never installed is listed"
+        ctr.ok("vm", "create", "-q", "--driver", "sandbox", "--image", bb, "v")
+    else:
+        assert [(v["Name"], v["State"]) for v in vms] == [("v", "Off")], vms
+    ctr.ok("vm", "start", "v")  # what is listed can be used
+    assert ctr.ok("vm", "exec", "v", "echo", "up") == "up\n"
+    ctr.ok("vm", "rm", "-f", "v")
+    assert _vm_ls(ctr) == []
+    check_after_crash(ctr)
+
+
+@needs_root
+@needs_busybox
+def test_crash_during_vm_start(ctr, bb):
+    ctr.ok("vm", "create", "-q", "--driver", "sandbox", "--image", bb, "v")
+    crash(ctr, "vm.started", "vm", "start", "v")
+    (vm,) = _vm_ls(ctr)
+    assert vm["State"] in ("Starting", "Running", "Off"), vm
+    ctr.ok("vm", "stop", "v")  # a machine nobody waited for can be stopped,
+    assert [v["State"] for v in _vm_ls(ctr)] == ["Off"]
+    ctr.ok("vm", "start", "v")  # started again,
+    assert ctr.ok("vm", "exec", "v", "echo", "again") == "again\n"
+    ctr.ok("vm", "rm", "-f", "v")  # and removed
+    assert _vm_ls(ctr) == [] and not (ctr.root / "vms" / "v").exists()
+    check_after_crash(ctr)

@@ -286,7 +286,7 @@ def test_check_repairs_what_crashes_and_old_versions_leave(ctr, busybox_image, r
         assert want in problems, (want, problems)
     code, rep = _check(ctr, "--repair")
     assert code == 0 and all(f["Repaired"] for f in rep["Findings"]), rep
-    assert _check(ctr) == (0, {"Layers": 1, "Images": 1, "Containers": 1, "Findings": [], "OK": True})
+    assert _check(ctr) == (0, {"Layers": 1, "Images": 1, "Containers": 1, "VMs": 0, "Findings": [], "OK": True})
     # what is left works: the good container, both names of the image
     assert [c["Names"][0] for c in json.loads(ctr.ok("ps", "-a", "--format", "json"))] == ["keep"]
     assert ctr.ok("run", "--rm", "second", "echo", "ok") == "ok\n"

@@ -21,8 +21,9 @@ The points (keep this table in step with the calls; `tests/test_crash.py` drives
 | `import.extract` | `images/extract.py`, before each member is applied (import and commit) | half a layer, under `tmp/` only |
 | `import.layer` | `engine/images.import_image` and `engine/commit.import_bundle`, every layer extracted and verified | layers under `tmp/` only |
 | `import.installed` | the same, layers renamed into `layers/` under the lock | complete layers no image uses; no image record |
-
-`vm create` has no point yet: `ctr vm` has not landed.
+| `vm.built` | `engine/vms.create`, the VM's disk and record built under `tmp/` | no VM; `tmp/` litter only |
+| `vm.installed` | the same, the VM's directory renamed into `vms/` under the lock | a complete VM, `Off` |
+| `vm.started` | `engine/vms.start`, its machine started, not yet recorded `Running` | a VM recorded `Starting` whose machine runs with no ctr waiting for it |
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ POINTS = (
     "rm.marked", "rm.moved",
     "commit.layer", "commit.installed",
     "import.extract", "import.layer", "import.installed",
+    "vm.built", "vm.installed", "vm.started",
 )
 
 

@@ -70,7 +70,8 @@ def check(
             if f.hint and not f.repaired:
                 print(f"  hint: {f.hint}")
         left = report.remaining
-        print(f"checked {report.layers} layers, {report.images} images, {report.containers} containers: "
+        print(f"checked {report.layers} layers, {report.images} images, {report.containers} containers, "
+              f"{report.vms} VMs: "
               + ("ok" if not report.findings else
                  f"{len(report.findings) - len(left)} repaired, {len(left)} left"
                  + (" (run with --repair)" if left and not repair and any(f.repair for f in left) else "")))

@@ -26,6 +26,8 @@ What `--repair` does, and what it leaves alone:
 | a container record that cannot be read | as `ctr rm -f ID`: unmount, delete |
 | a container left `removing` by a crash | finish the removal (`ctr rm -f`) |
 | a temporary record file (`.NAME.PID.tmp`) of a process that is gone | delete it |
+| a VM directory without a record | delete it |
+| a VM record that cannot be read | **not repaired**: named (`ctr vm rm -f NAME` discards it) |
 | a layer whose tree does not match its checksum | **not repaired**: named, with the images that use it |
 | a container whose image is gone | **not repaired** (its writable layer is the user's data): named |
 
@@ -97,13 +99,14 @@ class CheckReport:
     layers: int = 0
     images: int = 0
     containers: int = 0
+    vms: int = 0
 
     @property
     def remaining(self) -> list[Finding]:
         return [f for f in self.findings if not f.repaired]
 
     def to_dict(self) -> dict:
-        return {"Layers": self.layers, "Images": self.images, "Containers": self.containers,
+        return {"Layers": self.layers, "Images": self.images, "Containers": self.containers, "VMs": self.vms,
                 "Findings": [f.to_dict() for f in self.findings], "OK": not self.remaining}
 
 
@@ -262,6 +265,25 @@ def _check_records(ctx: Context, report: CheckReport, repair: bool, bad_layers: 
             report.findings.append(Finding(
                 "container", cid, f"{c.name} uses image {c.image}, which is gone: it cannot run",
                 hint=f"`ctr rm {c.name}` (`ctr export` needs its image too)"))
+
+    # VMs (each holds its own disk: nothing of it is shared with images)
+    for name in (store.vm_ids() if hasattr(store, "vm_ids") else []):
+        report.vms += 1
+        _temp_records(store.vm_dir(name), report, repair)
+        if not store.vm_record(name).exists():
+            f = Finding("vm", name, "a VM directory without a record", "delete it")
+            if repair:
+                store.discard_vm(name)
+                f.repaired = True
+            report.findings.append(f)
+            continue
+        try:
+            from ctr.models import VM
+
+            VM.from_dict(store.read_vm(name))  # type: ignore[arg-type]
+        except Exception as e3:  # noqa: BLE001
+            report.findings.append(Finding("vm", name, f"unreadable VM record: {getattr(e3, 'message', e3)}",
+                                           hint=f"`ctr vm rm -f {name}` discards it"))
 
 
 def _finish_removals(ctx: Context, report: CheckReport) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ctr import proc
+from ctr import faults, proc
 from ctr.changes import Change
 from ctr.engine.context import Context
 from ctr.engine.images import get_image
@@ -171,11 +171,13 @@ def create(ctx: Context, opts: CreateOptions, progress: Callable[[int, int], Non
         from ctr.store.records import write_json
 
         write_json(built / "vm.json", vm.to_dict())
+        faults.point("vm.built")
         with store.locked():
             if store.vm_dir(opts.name).exists():
                 raise Conflict(f"a VM named {opts.name!r} already exists",
                                hint=f"remove it with `ctr vm rm {opts.name}`, or choose another name")
             store.install_vm(opts.name, built)
+            faults.point("vm.installed")
     except BaseException:
         from ctr.store.store import remove_path
 
@@ -230,6 +232,8 @@ def start(ctx: Context, name: str, timeout: float = BOOT_TIMEOUT) -> VM:
                 x.error = f"start failed: {message}"
             update(ctx, name, failed)
             raise
+
+        faults.point("vm.started")
 
         def running(x: VM) -> None:
             x.state = VMState.RUNNING.value
