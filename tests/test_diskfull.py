@@ -131,8 +131,10 @@ def test_a_container_that_fills_its_layer(small):
 def test_rm_frees_a_full_disk_while_the_container_runs(small):
     """The known bug: `rm` wrote its `removing` mark first, and a full disk refused it."""
     before = used(small)
-    small.ok("run", "-d", "--name", "d", "bb", "sh", "-c", "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; sleep 300")
-    for _ in range(100):
+    # (the sleep first: run -d returns once the monitor recorded the start, which needs space)
+    small.ok("run", "-d", "--name", "d", "bb", "sh", "-c",
+             "sleep 2; dd if=/dev/zero of=/fill bs=64k 2>/dev/null; sleep 300")
+    for _ in range(200):
         if os.statvfs(small.root).f_bavail == 0:
             break
         import time
@@ -145,7 +147,7 @@ def test_rm_frees_a_full_disk_while_the_container_runs(small):
     assert used(small) <= before + (64 << 10)
     consistent(small)
     # a detached container whose exit cannot be recorded: its monitor gives up, rm still works
-    small.ok("run", "-d", "--name", "e", "bb", "sh", "-c", "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; exit 3")
+    small.ok("run", "-d", "--name", "e", "bb", "sh", "-c", "sleep 2; dd if=/dev/zero of=/fill bs=64k 2>/dev/null; exit 3")
     r = small("wait", "e")
     assert r.code in (0, 1), r
     ps = small("ps", "-a", "--format", "json")
