@@ -140,3 +140,29 @@ def test_complete_var_is_completions():
     from ctr.cli import completion
 
     assert fast.COMPLETE_VAR == completion.COMPLETE_VAR
+
+
+def test_host_image_id_written_out():
+    from ctr.images.digest import HOST_IMAGE_ID, digest_bytes
+
+    assert HOST_IMAGE_ID == digest_bytes(b"ctr builtin image: the host root filesystem")
+
+
+def test_hot_paths_import_little(tmp_path):
+    """What `ps` and `run` must not import (docs/performance.md): run without site's .pth
+    files, so that only ctr's own imports count."""
+    import site
+
+    env = dict(os.environ, CTR_ROOT=str(tmp_path / "root"), CTR_CONFIG=str(tmp_path / "none.yaml"))
+    paths = [str(Path(fast.__file__).resolve().parents[2]), *site.getsitepackages()]
+    code = ("import sys; sys.path[:0] = %r; from ctr.cli.fast import run_cli; rc = run_cli(sys.argv[1:]); "
+            "bad = {'typer', 'click', 'rich', 'yaml', 'tarfile', 'hashlib', 'secrets', 'subprocess', "
+            "'threading', 'platformdirs', 'ctr.changes', 'ctr.drivers'} & set(sys.modules); "
+            "assert not bad, bad; sys.exit(rc)") % paths
+    p = subprocess.run([sys.executable, "-S", "-c", code, "ps", "-a"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    if os.geteuid() == 0:  # run needs the drivers, still not the rest
+        code = code.replace(", 'ctr.drivers'", "")
+        p = subprocess.run([sys.executable, "-S", "-c", code, "run", "--rm", "host", "/bin/true"], env=env,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
