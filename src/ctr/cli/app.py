@@ -40,6 +40,8 @@ def main_options(
 ) -> None:
     G.root = root
     G.debug = debug
+    if root is not None:  # what drivers look at when they check this store (`ctr info`, selection)
+        os.environ["CTR_ROOT"] = str(root)
     if debug:
         os.environ["CTR_DEBUG"] = "1"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ctr.cli import kernel
 from ctr.cli.common import check_format, ctx
 
 app = typer.Typer(help="Inspect and maintain ctr on this host.", no_args_is_help=True)
@@ -77,3 +78,6 @@ def check(
                  + (" (run with --repair)" if left and not repair and any(f.repair for f in left) else "")))
     if report.remaining:
         raise typer.Exit(1)
+
+
+app.add_typer(kernel.app, name="kernel")

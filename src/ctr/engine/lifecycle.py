@@ -66,7 +66,8 @@ def _start_lock(ctx: Context, cid: str) -> Iterator[None]:
 
 
 def _check_detachable(driver: Driver) -> None:
-    if type(driver).run is not Driver.run:
+    # a driver with its own run() is detachable only if it says its launch plan alone runs it
+    if type(driver).run is not Driver.run and not getattr(driver, "detachable", False):
         raise DriverError(f"the {driver.name} driver cannot run a container detached yet",
                           hint="run it in the foreground (without -d)")
 

@@ -111,6 +111,12 @@ if [ -d $R/dev ]; then
     mount -t tmpfs -o nosuid,nodev,mode=1777 shm $R/dev/shm
 fi
 [ -n "$CTR_HOSTNAME" ] && hostname "$CTR_HOSTNAME"
+# CTR_TMPFS (GuestConfig.extra): private tmpfs mounts in the root, e.g. a container's /tmp,
+# which process isolation gives it too (so writes there never reach the writable layer)
+for t in $CTR_TMPFS; do
+    [ -d "$R$t" ] && [ ! -L "$R$t" ] && mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$R$t"
+done
+ifconfig lo up 2>/dev/null
 mkdir -p "$R$CTR_WORKDIR" 2>/dev/null
 
 mark starting command
