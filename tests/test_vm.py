@@ -765,3 +765,18 @@ def test_qemu_exec_exit_codes_and_workdir(running_qemu_vm):
     assert ctr("vm", "exec", "agent", "/etc/passwd").code == 126
     assert ctr.ok("vm", "exec", "-w", "/made/by/exec", "agent", "pwd") == "/made/by/exec\n"
     assert "invalid environment variable" in _one_error(ctr("vm", "exec", "-e", "=x", "agent", "true"), 2)
+
+
+@pytest.mark.qemu
+def test_qemu_vm_whose_qemu_died_is_reconciled_off(running_qemu_vm):
+    """Last of the agent tests: qemu killed behind ctr's back is `Off` on the next read."""
+    ctr = running_qemu_vm
+    pid = json.loads(ctr.ok("vm", "inspect", "agent"))[0]["pid"]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = json.loads(ctr.ok("vm", "ls", "--format", "json"))[0]
+    assert row["State"] == "Off" and "ended without ctr stopping it" in row["Error"]
+    assert not (ctr.root / "vms" / "agent" / "run").exists()  # its sockets are cleaned up
+    assert "not running" in _one_error(ctr("vm", "exec", "agent", "true"))

@@ -131,12 +131,13 @@ def _each(names: List[str], fn) -> None:
 @app.command("start")
 def start(
     names: List[str] = typer.Argument(..., help=NAMES_HELP, autocompletion=complete_vm),
-    timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for the VM to be ready"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1,
+                                            help="Seconds to wait for the VM to be ready (default 120, or $CTR_VM_BOOT_TIMEOUT)"),
 ) -> None:
     """Boot VMs in the background; returns when each is ready for `vm exec`."""
     from ctr.engine import vms
 
-    _each(names, lambda n: vms.start(ctx(), n, timeout))
+    _each(names, lambda n: vms.start(ctx(), n, timeout or vms.BOOT_TIMEOUT))
 
 
 @app.command("stop")
