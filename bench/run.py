@@ -10,7 +10,8 @@
 Every contender of a case runs in the same loop, the order reversed on every other
 iteration (A B C, C B A, …) so that drift of the machine's load hits all of them alike; the
 figures are medians of wall-clock time from spawn to exit (os.posix_spawn + os.wait4, which
-also gives each run's peak memory). A table is printed and the whole run, with the machine,
+peak memory is measured in one more, untimed, run under GNU time: wait4's own figure counts
+the spawning process's memory too). A table is printed and the whole run, with the machine,
 versions, date and load, is written as JSON to bench/results/ (gitignored).
 
 All state lives in a temporary directory: ctr gets its own CTR_ROOT (and no config),
@@ -81,7 +82,7 @@ class Contender:
     skip: str | None = None  # why this contender does not run here
     ours: bool = False  # a ctr command: a failure is an error, not a skip
     times: list[float] = field(default_factory=list)  # ms
-    rss: list[int] = field(default_factory=list)  # KiB
+    rss: list[int] = field(default_factory=list)  # KiB, peak RSS (one untimed run)
     error: str | None = None
 
     def median(self) -> float | None:
@@ -116,6 +117,7 @@ class Case:
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    memory: bool = True  # also measure each contender's peak RSS (an extra, untimed run)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -136,7 +138,9 @@ def sh(argv: list[str], env: dict[str, str] | None = None, check: bool = True, i
 
 class Runner:
     """Spawns a command with stdin and stdout on /dev/null, stderr kept for errors, and returns
-    (wall ms, peak RSS KiB, exit status, stderr tail)."""
+    (wall ms, exit status, stderr tail); `peak_rss` runs it under GNU time for its peak RSS
+    (wait4's ru_maxrss would not do: at exec the kernel carries the spawning process's own
+    high-water mark into the child's, so every child would look as big as this script)."""
 
     def __init__(self, tmp: Path):
         self.null = os.open(os.devnull, os.O_RDWR)
@@ -150,7 +154,7 @@ class Runner:
                    (os.POSIX_SPAWN_DUP2, self.err, 2)]
         t0 = time.perf_counter_ns()
         pid = os.posix_spawnp(argv[0], argv, env if env is not None else os.environ, file_actions=actions)
-        _, status, ru = os.wait4(pid, 0)
+        _, status = os.waitpid(pid, 0)
         t1 = time.perf_counter_ns()
         code = os.waitstatus_to_exitcode(status)
         tail = ""
@@ -158,7 +162,19 @@ class Runner:
             os.lseek(self.err, 0, os.SEEK_SET)
             text = os.read(self.err, 65536).decode(errors="replace").strip().splitlines()
             tail = text[-1] if text else ""
-        return (t1 - t0) / 1e6, ru.ru_maxrss, code, tail
+        return (t1 - t0) / 1e6, code, tail
+
+    def peak_rss(self, argv: list[str], env: dict[str, str] | None) -> int | None:
+        """Peak RSS in KiB of one run of `argv`, or None without GNU time."""
+        gnu_time = "/usr/bin/time"
+        if not os.access(gnu_time, os.X_OK):
+            return None
+        out = self.err_path.with_name("rss")
+        _, code, _ = self([gnu_time, "-f", "%M", "-o", str(out), *argv], env)
+        try:
+            return int(out.read_text().split()[-1]) if code == 0 else None
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 def ctr_command(python: str) -> list[str]:
@@ -464,7 +480,7 @@ class Suite:
             dest.mkdir()
 
         def tar_after() -> None:
-            shutil.rmtree(dest)
+            sh(["rm", "-rf", str(dest)])  # (rm is quicker than shutil.rmtree at 50,000 files)
             os.sync()
 
         def podman_after() -> None:
@@ -482,7 +498,7 @@ class Suite:
         return Case("import", f"`image import` of a {mb:.0f} MB / {files:,}-file tar", cs, [
             Target(cs[0].label, cs[1].label, 1.5, "image import ≤ 1.5 × tar -x (digesting included)"),
         ], notes=["each run is followed (untimed) by removing what it made and sync(2), so write-back "
-                  "of one run does not land in the next one's time"])
+                  "of one run does not land in the next one's time"], memory=False)
 
     CASES = ("startup", "run", "hyperv", "diff", "diff10k", "ps200", "import")
 
@@ -507,7 +523,8 @@ class Suite:
         for c in case.contenders:
             if c.skip:
                 log(f"  skip {c.label}: {c.skip}")
-        for i in range(-self.sizes.warmup, iters):
+        warmup = 0 if case.name == "import" else self.sizes.warmup  # seconds-long runs need none
+        for i in range(-warmup, iters):
             order = active if i % 2 == 0 else list(reversed(active))
             for c in order:
                 if c.error:
@@ -515,11 +532,11 @@ class Suite:
                 try:
                     if c.before:
                         c.before()
-                    ms, rss, code, err = self.run(c.argv, c.env or self.env)
+                    ms, code, err = self.run(c.argv, c.env or self.env)
                     if c.after:
                         c.after()
                 except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-                    ms, rss, code, err = 0.0, 0, -1, str(e)
+                    ms, code, err = 0.0, -1, str(e)
                 if code != 0:
                     reason = f"exit {code}: {err}"
                     if c.ours:
@@ -531,6 +548,19 @@ class Suite:
                     continue
                 if i >= 0:
                     c.times.append(ms)
+        if case.memory:
+            for c in active:
+                if c.error or c.skip:
+                    continue
+                try:
+                    if c.before:
+                        c.before()
+                    rss = self.run.peak_rss(c.argv, c.env or self.env)
+                    if c.after:
+                        c.after()
+                except (OSError, RuntimeError, subprocess.TimeoutExpired):
+                    rss = None
+                if rss is not None:
                     c.rss.append(rss)
 
 
@@ -555,14 +585,13 @@ def report(cases: list[Case], meta: dict) -> dict:
         rows = []
         for c in case.contenders:
             med = c.median()
-            rss = statistics.median(c.rss) / 1024 if c.rss else None
+            rss = f"{statistics.median(c.rss) / 1024:7.1f}Mi" if c.rss else "-"
             if c.skip or c.error:
                 print(f"   {c.label:{width}}  {'skipped: ' + c.skip if c.skip else 'ERROR: ' + (c.error or '')}")
             else:
-                print(f"   {c.label:{width}}  {fmt_ms(med):>9} {fmt_ms(min(c.times)):>9} {len(c.times):3d} "
-                      f"{rss:7.1f}Mi")
+                print(f"   {c.label:{width}}  {fmt_ms(med):>9} {fmt_ms(min(c.times)):>9} {len(c.times):3d} {rss:>9}")
             rows.append({"label": c.label, "argv": c.argv, "median_ms": med, "min_ms": min(c.times) if c.times else None,
-                         "times_ms": [round(t, 3) for t in c.times], "peak_rss_kib_median": statistics.median(c.rss) if c.rss else None,
+                         "times_ms": [round(t, 3) for t in c.times], "peak_rss_kib": statistics.median(c.rss) if c.rss else None,
                          "skipped": c.skip, "error": c.error})
         targets = [t.evaluate(by_label) for t in case.targets]
         for t in targets:

@@ -161,8 +161,32 @@ def test_hot_paths_import_little(tmp_path):
             "assert not bad, bad; sys.exit(rc)") % paths
     p = subprocess.run([sys.executable, "-S", "-c", code, "ps", "-a"], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    # without $CTR_ROOT and $CTR_CONFIG: the user dirs, still without platformdirs
+    home = {k: v for k, v in env.items() if k not in ("CTR_ROOT", "CTR_CONFIG", "XDG_DATA_HOME", "XDG_CONFIG_HOME")}
+    home["HOME"] = str(tmp_path / "home")
+    p = subprocess.run([sys.executable, "-S", "-c", code, "ps", "-a"], env=home, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "home" / ".local" / "share" / "ctr" / "store.json").exists()
     if os.geteuid() == 0:  # run needs the drivers, still not the rest
         code = code.replace(", 'ctr.drivers'", "")
         p = subprocess.run([sys.executable, "-S", "-c", code, "run", "--rm", "host", "/bin/true"], env=env,
                            capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("env", [
+    {"HOME": "/root"}, {"HOME": "/home/u/"}, {"HOME": "/h", "XDG_DATA_HOME": "/x/d", "XDG_CONFIG_HOME": "/x/c/"},
+    {"HOME": "/h", "XDG_DATA_HOME": "", "XDG_CONFIG_HOME": "  "}, {"HOME": "/h", "XDG_DATA_HOME": "rel/d"},
+    {"HOME": "relative"}, {},
+])
+def test_user_dirs_as_platformdirs(env):
+    """config.user_dir() writes out platformdirs' answer where it can (docs/performance.md)."""
+    code = ("import platformdirs, sys; from ctr.config import user_dir; "
+            "assert 'platformdirs' not in sys.modules or True; "
+            "print(user_dir('data')); print(platformdirs.user_data_dir('ctr', appauthor=False)); "
+            "print(user_dir('config')); print(platformdirs.user_config_dir('ctr', appauthor=False))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")}
+    p = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ours_data, theirs_data, ours_config, theirs_config = p.stdout.splitlines()
+    assert Path(ours_data) == Path(theirs_data) and Path(ours_config) == Path(theirs_config), env

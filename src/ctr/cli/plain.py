@@ -205,7 +205,7 @@ def rm(containers: Optional[List[str]] = None, force: bool = False, latest: bool
 
 def diff(container: Optional[str] = None, format: str = "table", latest: bool = False) -> None:
     """Show what a container added (A), changed (C) and deleted (D)."""
-    from ctr import changes, output
+    from ctr import changes
     from ctr.cli.common import check_format
     from ctr.engine import containers as ce
 
@@ -214,7 +214,10 @@ def diff(container: Optional[str] = None, format: str = "table", latest: bool = 
     found = ce.diff(ctx(), ref)
     if format == "table":
         sys.stdout.write(changes.render(found))
-    elif format == "json":
+        return
+    from ctr import output  # (not for the A|C|D table)
+
+    if format == "json":
         output.as_json(changes.group(found))
     elif format == "yaml":
         output.as_yaml(changes.group(found))

@@ -64,6 +64,13 @@ def _names(img: Image) -> list[str]:
 def get_image(ctx: Context, ref: str) -> Image:
     if ref in (HOST_IMAGE, HOST_IMAGE + ":latest"):
         return host_image()
+    if ref == HOST_IMAGE_ID:
+        return host_image()
+    if ref.startswith("sha256:") and len(ref) == 71 and all(ch in "0123456789abcdef" for ch in ref[7:]):
+        # a full id is matched first anyway (engine/refs.py): read that record, not them all
+        data = ctx.store.read_image(ref)
+        if data is not None:
+            return Image.from_dict(data)
     try:
         return resolve(ref, list_images(ctx), lambda i: i.id, _names, "image")
     except NotFound:

@@ -38,9 +38,9 @@ def default_root() -> Path:
     env = os.environ.get("CTR_ROOT")
     if env:
         return Path(env)
-    import platformdirs
+    from ctr.config import user_dir  # platformdirs' answer, mostly without importing it
 
-    return Path(platformdirs.user_data_dir("ctr", appauthor=False))
+    return user_dir("data")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -360,6 +360,8 @@ def remove_path(path: Path) -> None:
         except FileNotFoundError:
             pass
         return
+    import shutil
+
     import shutil
 
     failed: list[str] = []
