@@ -362,8 +362,6 @@ def remove_path(path: Path) -> None:
         return
     import shutil
 
-    import shutil
-
     failed: list[str] = []
     shutil.rmtree(path, onerror=lambda func, p, exc: failed.append(p))
     if not failed or not os.path.lexists(path):
