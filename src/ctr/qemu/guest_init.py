@@ -127,7 +127,7 @@ c1=$!
 cat /run/err >"$ERR" &
 c2=$!
 if [ -n "$CTR_STDIN" ]; then SRC=$IN; else SRC=/dev/null; fi
-eval "env -i $CTR_ENV nsenter -r$R \"-w\$R\$CTR_WORKDIR\" $CTR_USER -- $CTR_ARGV" \
+eval "exec env -i $CTR_ENV nsenter -r$R \"-w\$R\$CTR_WORKDIR\" $CTR_USER -- $CTR_ARGV" \
     <"$SRC" >/run/out 2>/run/err &
 child=$!
 echo started >"$STATUS"
