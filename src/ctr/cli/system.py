@@ -18,8 +18,10 @@ def info(format: str = typer.Option("table", "--format", help="table, json or ya
     check_format(format, ("table", "json", "yaml"))
     c = ctx()
     drivers = []
-    for d in all_drivers():
-        av = d.availability()
+    from ctr.vm import DRIVERS as VM_DRIVERS, get_vm_driver
+
+    for d in [*all_drivers(), *(get_vm_driver(n) for n in VM_DRIVERS)]:
+        av = d.availability(c.store, c.config) if d.isolation == "vm" else d.availability()
         drivers.append({
             "Isolation": d.isolation, "Driver": d.name, "Usable": av.usable, "Emulated": d.emulated,
             "Reason": av.reason, "Fix": av.fix, "Summary": d.summary,
