@@ -97,3 +97,29 @@ def filesystem_supported(name: str) -> bool:
     except OSError:
         return False
     return any(line.split()[-1] == name for line in text.splitlines() if line.strip())
+
+
+def runtime_mounts(rootless: bool) -> list[MountOp]:
+    """/proc, /dev, /tmp for a process container; rootless, /proc is the host's bound (proc
+    can only be mounted by the owner of a pid namespace)."""
+    from ctr.launch import base_mounts
+
+    return [MountOp("/proc", "/proc", None, ("bind", "rec")) if rootless and m.target == "/proc" else m
+            for m in base_mounts()]
+
+
+def process_launch(container: "Container", root: str, mounts: list[MountOp], rootless: bool) -> Launch:
+    """The launch plan of a process container whose root and mounts a driver has chosen."""
+    cfg = container.config
+    return Launch(
+        argv=list(cfg.command),
+        env=dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env),
+        cwd=cfg.workdir or "/",
+        user=cfg.user,
+        root=root,
+        pivot=True,
+        namespaces=("user", "mnt") if rootless else ("mnt",),
+        mounts=mounts,
+        stdin="inherit" if cfg.interactive else "null",
+        tty=cfg.tty,
+    )

@@ -19,9 +19,9 @@ import stat
 from pathlib import Path
 
 from ctr.changes import Change, dump_manifest, is_opaque, is_whiteout, load_manifest, take_manifest, tree_changes
-from ctr.drivers.base import Availability, Driver, userns_usable, volume_mounts
+from ctr.drivers.base import Availability, Driver, process_launch, runtime_mounts, userns_usable, volume_mounts
 from ctr.errors import DriverError
-from ctr.launch import Launch, MountOp, base_mounts
+from ctr.launch import Launch, MountOp
 from ctr.models import Container, Image
 from ctr.store.store import remove_path
 
@@ -75,24 +75,8 @@ class CopyDriver(Driver):
 def build_launch(store, container: Container, rootless: bool) -> Launch:
     rootfs = str(store.container_path(container.id, "rootfs"))
     mounts = [MountOp(rootfs, rootfs, None, ("bind",), in_root=False, kind="none")]
-    for m in base_mounts():
-        if rootless and m.target == "/proc":
-            m = MountOp("/proc", "/proc", None, ("bind", "rec"))
-        mounts.append(m)
-    mounts += volume_mounts(container)
-    cfg = container.config
-    return Launch(
-        argv=list(cfg.command),
-        env=dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env),
-        cwd=cfg.workdir or "/",
-        user=cfg.user,
-        root=rootfs,
-        pivot=True,
-        namespaces=("user", "mnt") if rootless else ("mnt",),
-        mounts=mounts,
-        stdin="inherit" if cfg.interactive else "null",
-        tty=cfg.tty,
-    )
+    mounts += runtime_mounts(rootless) + volume_mounts(container)
+    return process_launch(container, rootfs, mounts, rootless)
 
 
 def materialise(layers: list[str], dest: str) -> None:

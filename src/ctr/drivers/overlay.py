@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctr.drivers.base import Availability, Driver, filesystem_supported, userns_usable, volume_mounts
+from ctr.drivers.base import (Availability, Driver, filesystem_supported, process_launch, runtime_mounts,
+                              userns_usable, volume_mounts)
 from ctr.errors import DriverError
-from ctr.launch import Launch, MountOp, base_mounts
+from ctr.launch import Launch, MountOp
 from ctr.models import Container, Image
 
 if TYPE_CHECKING:
@@ -111,24 +112,8 @@ def build_launch(store, container: Container, image: Image, rootless: bool) -> L
     opts = overlay_options(str(store.container_path(cid, "upper")), str(store.container_path(cid, "work")),
                            lowers, rootless)
     mounts = [MountOp(merged, "overlay", "overlay", (), opts, in_root=False, kind="none")]
-    for m in base_mounts():
-        if rootless and m.target == "/proc":
-            # proc can only be mounted by the owner of a pid namespace: bind the host's
-            m = MountOp("/proc", "/proc", None, ("bind", "rec"))
-        mounts.append(m)
+    mounts += runtime_mounts(rootless)
     if image.builtin:
         mounts.append(MountOp("/sys", "/sys", None, ("bind", "ro"), optional=True))
     mounts += volume_mounts(container)
-    cfg = container.config
-    return Launch(
-        argv=list(cfg.command),
-        env=dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env),
-        cwd=cfg.workdir or "/",
-        user=cfg.user,
-        root=merged,
-        pivot=True,
-        namespaces=("user", "mnt") if rootless else ("mnt",),
-        mounts=mounts,
-        stdin="inherit" if cfg.interactive else "null",
-        tty=cfg.tty,
-    )
+    return process_launch(container, merged, mounts, rootless)
