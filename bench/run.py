@@ -571,7 +571,8 @@ def fmt_ms(v: float | None) -> str:
 def report(cases: list[Case], meta: dict) -> dict:
     out = {"meta": meta, "cases": []}
     print()
-    print(f"ctr benchmark  {meta['date']}  {meta.get('cpu', '')} × {meta['cpus']}  kernel {meta['kernel']}")
+    print(f"ctr benchmark  {meta['started']} to {meta['date']}  {meta.get('cpu', '')} × {meta['cpus']}  "
+          f"kernel {meta['kernel']}")
     print(f"python {meta['python']}, typer {meta['typer']}, click {meta['click']}, {meta.get('podman') or 'no podman'}"
           f", ctr {meta.get('ctr_commit')}; load {meta['load_before']} → {meta['load_after']}"
           f"{'  (QUICK: one iteration, small data)' if meta['quick'] else ''}")
@@ -650,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     suite = Suite(args)
-    meta = {"quick": args.quick, "load_before": [round(x, 2) for x in os.getloadavg()]}
+    meta = {"quick": args.quick, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_before": [round(x, 2) for x in os.getloadavg()]}
     cases: list[Case] = []
     failed = False
     try:
