@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctr.launch import Launch, MountOp
-
 if TYPE_CHECKING:
     from ctr.changes import Change
+    from ctr.launch import Launch, MountOp
     from ctr.models import Container, Image
     from ctr.store import Store
 
@@ -69,6 +68,8 @@ class Driver:
 
 
 def volume_mounts(container: "Container") -> list[MountOp]:
+    from ctr.launch import MountOp  # here: `diff`, `ps` and `rm` load drivers but launch nothing
+
     return [
         MountOp(m.target, m.source, None, ("bind", "ro") if m.readonly else ("bind", "rec"),
                 kind="dir" if os.path.isdir(m.source) else "file")
@@ -102,7 +103,7 @@ def filesystem_supported(name: str) -> bool:
 def runtime_mounts(rootless: bool) -> list[MountOp]:
     """/proc, /dev, /tmp for a process container; rootless, /proc is the host's bound (proc
     can only be mounted by the owner of a pid namespace)."""
-    from ctr.launch import base_mounts
+    from ctr.launch import MountOp, base_mounts
 
     return [MountOp("/proc", "/proc", None, ("bind", "rec")) if rootless and m.target == "/proc" else m
             for m in base_mounts()]
@@ -110,6 +111,8 @@ def runtime_mounts(rootless: bool) -> list[MountOp]:
 
 def process_launch(container: "Container", root: str, mounts: list[MountOp], rootless: bool) -> Launch:
     """The launch plan of a process container whose root and mounts a driver has chosen."""
+    from ctr.launch import Launch
+
     cfg = container.config
     return Launch(
         argv=list(cfg.command),

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 from ctr.drivers.base import (Availability, Driver, filesystem_supported, process_launch, runtime_mounts,
                               userns_usable, volume_mounts)
 from ctr.errors import DriverError
-from ctr.launch import Launch, MountOp
 from ctr.models import Container, Image
 
 if TYPE_CHECKING:
     from ctr.changes import Change
+    from ctr.launch import Launch
 
 MOUNTPOINTS = ("proc", "dev", "sys", "tmp")
 
@@ -103,6 +103,8 @@ class OverlayDriver(Driver):
 
 def build_launch(store, container: Container, image: Image, rootless: bool) -> Launch:
     """The launch plan for an overlay container: pure, testable as data."""
+    from ctr.launch import MountOp
+
     cid = container.id
     merged = str(store.container_path(cid, "merged"))
     lowers = lower_dirs(store, image)
