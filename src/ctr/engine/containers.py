@@ -43,15 +43,16 @@ def _load(ctx: Context, cid: str) -> Container | None:
         raise ctx.store.corrupt_container(cid, f"not a container record ({type(e).__name__}: {e})") from None
 
 
-def update(ctx: Context, cid: str, fn: Callable[[Container], None]) -> Container | None:
-    """Read-modify-write of one record under the store lock; None if it is gone."""
+def update(ctx: Context, cid: str, fn: Callable[[Container], None], durable: bool = True) -> Container | None:
+    """Read-modify-write of one record under the store lock; None if it is gone. Not
+    `durable`: no fsync (a record deleted right after, see store/records.write_json)."""
     with ctx.store.locked():
         c = _load(ctx, cid)
         if c is None:
             return None
         fn(c)
         try:
-            ctx.store.write_container(cid, c.to_dict())
+            ctx.store.write_container(cid, c.to_dict(), durable)
         except FileNotFoundError:
             return None
         return c
@@ -316,7 +317,7 @@ def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -
             x.error = error
             x.started = x.started or x.finished
         try:
-            update(ctx, c.id, done)
+            update(ctx, c.id, done, durable=not c.auto_remove)  # --rm: deleted right after
         except OSError as e:
             if not c.auto_remove:  # (with --rm the record goes anyway)
                 failed = CtrError(
@@ -406,7 +407,9 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
 
     terminate(ctx, c)  # whatever else still runs in it, and its monitor
     try:
-        if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value)) is None:
+        # not fsynced: the directory is renamed away and deleted next; after a crash in between,
+        # `rm -f` (or `system check --repair`) finishes the removal either way
+        if update(ctx, c.id, lambda x: setattr(x, "state", State.REMOVING.value), durable=False) is None:
             return c.id  # someone else removed it meanwhile
     except OSError as e:
         # a full disk cannot take the new record; removing is what frees space, so go on

@@ -16,8 +16,12 @@ from ctr.errors import StoreError
 LOCK_TIMEOUT = float(os.environ.get("CTR_LOCK_TIMEOUT", "60"))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+
+    The rename alone makes the change atomic for readers and across a killed ctr; the fsync
+    is for a machine that stops before the data reaches the disk. `durable=False` leaves it
+    out, for records about to be deleted anyway (docs/performance.md: Records and fsync)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -26,7 +30,8 @@ def write_json(path: Path, data: Any) -> None:
             view = memoryview(payload)
             while view:  # a short write is not an error: write the rest
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

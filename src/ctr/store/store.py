@@ -193,8 +193,8 @@ class Store:
                     pass
             self.discard_container(cid)
 
-    def write_container(self, cid: str, data: dict) -> None:
-        write_json(self.container_record(cid), data)
+    def write_container(self, cid: str, data: dict, durable: bool = True) -> None:
+        write_json(self.container_record(cid), data, durable)
 
     def install_container(self, cid: str, built: Path) -> None:
         """Rename a container directory built under tmp/ into place (caller holds the lock)."""
