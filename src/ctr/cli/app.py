@@ -14,7 +14,7 @@ from ctr.cli import completion, containers, images, kube, system
 from ctr.cli import lifecycle
 from ctr.cli import commit
 from ctr.cli import vm
-from ctr.cli.common import G
+from ctr.cli.common import G, report_error
 
 app = typer.Typer(
     name="ctr",
@@ -90,7 +90,6 @@ def run_cli(argv: list[str] | None = None) -> int:
     import click
 
     from ctr import output
-    from ctr.errors import CtrError
 
     if os.environ.get(completion.COMPLETE_VAR):  # a shell asking for completions (click's protocol)
         return completion.complete(typer.main.get_command(app))
@@ -112,30 +111,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         sys.stderr.write("Aborted!\n")
         return 130
-    except CtrError as e:
-        if G.debug:
-            import traceback
-
-            traceback.print_exc()
-        output.error(e.message, e.hint)
-        return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # a bug: still one line, the traceback only with --debug
-        from ctr.errors import environment_error
-
-        if G.debug:
-            import traceback
-
-            traceback.print_exc()
-        if (env := environment_error(e)) is not None:  # a full disk is no bug
-            output.error(env.message, env.hint)
-            return 125 if G.run_like else 1
-        output.error(f"internal error: {type(e).__name__}: {e}",
-                     None if G.debug else "this is a bug in ctr; run again with --debug to see the traceback")
-        return 125 if G.run_like else 1
+    except Exception as e:
+        return report_error(e)
     finally:
         from ctr.cli.common import reset
 

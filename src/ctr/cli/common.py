@@ -163,3 +163,26 @@ def complete_vm(ctx, incomplete: str) -> list[tuple[str, str]]:
         return [n for n in sorted(names) if n[0].startswith(incomplete)]
     except Exception:
         return []
+
+
+def report_error(e: Exception) -> int:
+    """Turn an exception that reached the command line into one `Error:` line (traceback only
+    with --debug) and the exit code; shared by the typer app and the fast path."""
+    from ctr import output
+    from ctr.errors import CtrError, environment_error
+
+    if isinstance(e, BrokenPipeError):
+        return 0
+    if G.debug:
+        import traceback
+
+        traceback.print_exc()
+    if isinstance(e, CtrError):
+        output.error(e.message, e.hint)
+        return e.exit_code
+    if (env := environment_error(e)) is not None:  # a full disk is no bug
+        output.error(env.message, env.hint)
+        return 125 if G.run_like else 1
+    output.error(f"internal error: {type(e).__name__}: {e}",
+                 None if G.debug else "this is a bug in ctr; run again with --debug to see the traceback")
+    return 125 if G.run_like else 1

@@ -217,39 +217,15 @@ def _print_version() -> int:
 def guard(call: Callable[[], int | None]) -> int:
     """Run a command body as cli/app.py's run_cli does: a CtrError is one `Error:` line and its
     exit code, anything unexpected one line too (the traceback with --debug)."""
-    from ctr.cli.common import G, reset
-    from ctr.errors import CtrError
+    from ctr.cli.common import report_error, reset
 
     try:
         rv = call()
         return rv if isinstance(rv, int) else 0
-    except CtrError as e:
-        from ctr import output
-
-        if G.debug:
-            import traceback
-
-            traceback.print_exc()
-        output.error(e.message, e.hint)
-        return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # a bug: still one line, the traceback only with --debug
-        from ctr import output
-        from ctr.errors import environment_error
-
-        if G.debug:
-            import traceback
-
-            traceback.print_exc()
-        if (env := environment_error(e)) is not None:  # a full disk is no bug
-            output.error(env.message, env.hint)
-            return 125 if G.run_like else 1
-        output.error(f"internal error: {type(e).__name__}: {e}",
-                     None if G.debug else "this is a bug in ctr; run again with --debug to see the traceback")
-        return 125 if G.run_like else 1
+    except Exception as e:
+        return report_error(e)
     finally:
         sys.stdout.flush()
         reset()
