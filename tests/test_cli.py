@@ -304,6 +304,18 @@ def test_errors_are_one_line(ctr, busybox_image):
         assert_one_error(r, needle)
 
 
+@pytest.mark.parametrize("args, typo, meant", [
+    (("imagee", "ls"), "imagee", "image"), (("imag",), "imag", "image"),
+    (("image", "lss"), "lss", "ls"), (("vm", "lss"), "lss", "ls"), (("systme", "check"), "systme", "system"),
+])
+def test_a_typo_gets_one_suggestion(ctr, args, typo, meant):
+    """typer and click (8.2+) each suggest the command meant: the line says it once."""
+    r = ctr(*args)
+    assert r.code == 2
+    assert_one_error(r, f"No such command '{typo}'. Did you mean '{meant}'?")
+    assert r.err.count("Did you mean") == 1, r.err
+
+
 def test_debug_shows_more(ctr):
     r = ctr("--debug", "inspect", "nope")
     assert r.code == 1 and "Error: no such container" in r.err

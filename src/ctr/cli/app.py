@@ -86,6 +86,14 @@ def _only_invoked(argv: list[str] | None) -> typer.Typer:
     return pruned
 
 
+def _usage_message(e) -> str:
+    """The usage error's message, with one "Did you mean" at most: for an unknown command
+    typer adds its suggestion to the message and click (8.2+) its own after it."""
+    if getattr(e, "possibilities", None) and "Did you mean" in e.message:
+        return e.message
+    return e.format_message()
+
+
 def run_cli(argv: list[str] | None = None) -> int:
     import click
 
@@ -102,8 +110,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.UsageError as e:
         # one line like every other error; the usage text is a `--help` away
         path = e.ctx.command_path if e.ctx is not None else "ctr"
-        if e.format_message().strip():  # empty: no arguments at all, the help was shown
-            output.error(e.format_message(), f"see '{path} --help'")
+        message = _usage_message(e)
+        if message.strip():  # empty: no arguments at all, the help was shown
+            output.error(message, f"see '{path} --help'")
         return e.exit_code
     except click.ClickException as e:
         e.show()
@@ -111,8 +120,8 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         sys.stderr.write("Aborted!\n")
         return 130
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # ^C; SIGTERM too where ctr turns it into one (vm start)
+        return 128 + getattr(e, "signum", 2)
     except Exception as e:
         return report_error(e)
     finally:
