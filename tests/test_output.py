@@ -49,7 +49,7 @@ def view():
     ('{{join .Config.Env ", "}}', "A=1, B=2"),
     ("{{upper .Names}} {{lower .ID}} {{title .Names}}", "WEB,WEB2 aaaaaaaaaaaa Web,Web2"),
     ("{{truncate .Id 5}}", "aaaaa"),
-    ("{{.Config}}", '{"Env":["A=1","B=2"],"Cmd":["sh","-c","x y"]}'),
+    ("{{.Config}}", "{[A=1 B=2] [sh -c x y]}"),       # Go's struct form, as docker's {{.State}}
     ('{{.ID}}{{"\\t"}}x', "aaaaaaaaaaaa\tx"),
     ("{{.ID}}\\t{{.Size}}", "aaaaaaaaaaaa\t3"),     # docker turns a typed \t into a tab
     ("{{.ID}}\\n{{.Size}}", "aaaaaaaaaaaa\n3"),

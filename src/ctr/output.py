@@ -204,7 +204,7 @@ def _lookup(item: Any, path: tuple[str, ...]) -> Any:
 
 
 def _text(v: Any) -> str:
-    """Go's fmt for the kinds records hold: true/false, [a b], <no value> as empty."""
+    """Go's fmt for the kinds records hold: true/false, [a b], {a b} (a struct), <no value> as empty."""
     if isinstance(v, View):
         v = v.raw
     if v is None:
@@ -215,8 +215,8 @@ def _text(v: Any) -> str:
         return str(int(v))
     if isinstance(v, list):
         return "[" + " ".join(_text(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(v, dict):  # Go's struct form, as docker prints {{.State}}: the values in order
+        return "{" + " ".join(_text(x) for x in v.values()) + "}"
     return str(v)
 
 
