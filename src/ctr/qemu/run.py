@@ -163,12 +163,15 @@ def boot_and_run(
     security_model: str | None = None,
     cmdline_extra: Sequence[str] = (),
     on_start: Callable[[RunningVM], None] | None = None,
+    listeners: dict[str, socket.socket] | None = None,
 ) -> RunResult:
     """Boot `kernel` with `initramfs`, run `guest.argv` and return its exit code.
 
     `root` is the host directory shared read-write as the guest's root (the container's
     merged view); None with `guest.root_disk` set and `disk` given boots from the disk
-    instead.  `volumes` are extra 9p shares.  `stdout`/`stderr` take an fd or a binary file
+    instead.  `volumes` are extra 9p shares.  `listeners` are more named ports, each served
+    by qemu on a listening unix socket the caller bound (for later clients: a `ctr exec`
+    into a microvm container).  `stdout`/`stderr` take an fd or a binary file
     object (None discards); `stdin` (fd or binary file) is forwarded to the command, else
     it reads /dev/null.  `run_dir` keeps `console.log` and `qemu.log` (else a temporary
     directory is used and removed).  `guest.modules` defaults to what the machine needs.
@@ -207,7 +210,8 @@ def boot_and_run(
     if stdin is not None:
         names.append("ctr.stdin")
     pairs = {n: socket.socketpair() for n in names}
-    ports = tuple(Port(n, f"socket,fd={pairs[n][1].fileno()}") for n in names)
+    ports = tuple(Port(n, f"socket,fd={pairs[n][1].fileno()}") for n in names) + tuple(
+        Port(n, f"socket,fd={s.fileno()},server=on,wait=off") for n, s in (listeners or {}).items())
 
     proc: subprocess.Popen[bytes] | None = None
     sel = selectors.DefaultSelector()
@@ -224,7 +228,8 @@ def boot_and_run(
             try:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=QEMU_ENV,
-                    pass_fds=[p[1].fileno() for p in pairs.values()], start_new_session=True,
+                    pass_fds=[p[1].fileno() for p in pairs.values()]
+                    + [s.fileno() for s in (listeners or {}).values()], start_new_session=True,
                     preexec_fn=_die_with_parent)
             except OSError as e:
                 raise DriverError(f"cannot start {qemu}: {e.strerror}",
