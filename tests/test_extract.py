@@ -424,7 +424,21 @@ def test_not_a_tar_refused(layer):
 
 
 def test_empty_archive_is_fine(layer):
-    assert extract(layer, bytes(10240)) == ExtractResult(0, 0, [])
+    assert extract(layer, bytes(10240)) == ExtractResult(0, 0, [], {})
+
+
+def test_contents_hashed_by_inode_while_extracting(layer, tmp_path):
+    import hashlib
+
+    big = os.urandom(3 << 20)  # several read chunks
+    result = extract(layer, make_tar([reg("a", b"old"), reg("big", big), hard("b", "a"), reg("a", b"new a"),
+                                      reg("empty")]))
+    want = {os.lstat(layer / n).st_ino: hashlib.sha256((layer / n).read_bytes()).hexdigest()
+            for n in ("a", "b", "big", "empty")}
+    assert len(want) == 4 and {i: result.digests[i] for i in want} == want  # "b" keeps the old "a"
+    other = tmp_path / "other"
+    other.mkdir()
+    assert extract_tar(OnlyRead(make_tar([reg("a", b"x")])), other, digests=False).digests is None
 
 
 def test_read_error_of_stream_is_corrupt(layer):

@@ -3,14 +3,30 @@
 Layer checksums. A layer's diff id is the sha256 of the tar it came from; for an imported
 layer that tar is gone (its member order, owner names, sub-second times are not kept), so
 the diff id cannot be recomputed from the tree. Instead, when a layer is installed, ctr
-records the sha256 of the tree written as a *canonical* tar (`images/layers.py:
-write_layer_tar`: sorted names, numeric owners, whole-second mtimes, whiteouts and opaque
-directories in OCI form, no xattrs) in `layers/<hex>.json` (`layer_record()`); `check`
-writes that tar again and compares. A changed byte, name, type, mode, owner, link target,
-whole-second mtime or whiteout is found; extended attributes other than the opaque marker,
-and sub-second times, are not covered. (For a layer ctr made by `commit` the canonical tar
-is the layer's own tar, so its tree checksum equals its diff id.) A layer that has no record
-(made before records existed) is reported, and recorded as it is now by `--repair`.
+records a checksum of its tree in `layers/<hex>.json` (`layer_record()`), and `check`
+computes it again and compares. Two versions:
+
+- **version 2, the manifest** (written by `image import`, for a root filesystem and for each
+  layer of an OCI or docker-save archive, and by `--repair`): the sha256 of a canonical
+  manifest of the tree (`images/layers.py: layer_manifest`), one line per entry, depth-first
+  with the names of each directory sorted: path, type, mode (with setuid/setgid/sticky),
+  uid, gid, whole-second mtime, size, and the sha256 of a regular file's contents / a
+  symlink's target / a device's major,minor / `opaque` for a directory marked opaque. A
+  second name of an inode is a link line naming the first; an overlay whiteout (char 0/0) is
+  a whiteout line; the layer root has its mode, owners and opaque mark, not its mtime. At
+  import the contents' hashes are taken while the files are extracted (`extract_tar`,
+  keyed by inode), so the record costs one metadata-only walk of the new layer (which also
+  gives the image size); `check` reads and hashes every file.
+- **version 1, the canonical tar** (layers made by `commit`, and stores written before
+  version 2): the sha256 of the tree written as a canonical layer tar (`write_layer_tar`:
+  sorted names, numeric owners, whole-second mtimes, whiteouts and opaque directories in OCI
+  form, no xattrs). A committed layer's own tar *is* that canonical tar, so its checksum is
+  its diff id, known for free: commit keeps writing version 1. `check` verifies both.
+
+Either way a changed byte, name, type, mode, owner, link target, whole-second mtime,
+whiteout or opaque mark is found; extended attributes other than the opaque marker, and
+sub-second times, are not covered. A layer that has no record (made before records existed)
+is reported, and recorded as it is now (version 2) by `--repair`.
 
 What `--repair` does, and what it leaves alone:
 
@@ -48,7 +64,9 @@ from pathlib import Path
 from ctr.engine.context import Context
 from ctr.store.store import _pid_alive
 
-RECORD_VERSION = 1
+TAR_RECORD = 1  # the sha256 of the canonical layer tar (commit: the diff id)
+MANIFEST_RECORD = 2  # the sha256 of the manifest (import)
+RECORD_VERSION = TAR_RECORD  # the name older callers (commit) gave the version they write
 
 
 class _HashSink:
@@ -65,7 +83,7 @@ class _HashSink:
 
 
 def tree_digest(layer_dir: Path) -> str:
-    """sha256 of the layer tree written as a canonical layer tar (module doc)."""
+    """Version 1: sha256 of the layer tree written as a canonical layer tar (module doc)."""
     from ctr.images.layers import write_layer_tar
 
     sink = _HashSink()
@@ -73,9 +91,24 @@ def tree_digest(layer_dir: Path) -> str:
     return "sha256:" + sink.hash.hexdigest()
 
 
-def layer_record(layer_dir: Path) -> dict:
-    """What `Store.install_layer(record=…)` keeps beside a layer: its tree checksum."""
-    return {"version": RECORD_VERSION, "tree": tree_digest(layer_dir)}
+def layer_summary(layer_dir: Path, digests: dict[int, str] | None = None) -> tuple[dict, int]:
+    """The record `Store.install_layer(record=…)` keeps beside a layer (version 2), and the
+    bytes the layer holds, from one walk. `digests`: the contents' hashes by inode number
+    from extraction (`ExtractResult.digests`); files without one are read."""
+    from ctr.images.layers import layer_manifest
+
+    tree, size = layer_manifest(str(layer_dir), digests)
+    return {"version": MANIFEST_RECORD, "tree": tree}, size
+
+
+def layer_record(layer_dir: Path, digests: dict[int, str] | None = None) -> dict:
+    """`layer_summary` without the size."""
+    return layer_summary(layer_dir, digests)[0]
+
+
+def _recompute(layer_dir: Path, version: int) -> str:
+    """The layer's checksum now, as a record of `version` has it (reading every file)."""
+    return tree_digest(layer_dir) if version == TAR_RECORD else layer_record(layer_dir)["tree"]
 
 
 # ----------------------------------------------------------------------------- findings
@@ -147,8 +180,15 @@ def _check_layer_trees(ctx: Context, report: CheckReport, repair: bool) -> set[s
         except Exception as e:  # noqa: BLE001 - a corrupt record is a finding like a missing one
             rec = None
             missing = f"its checksum record cannot be read ({getattr(e, 'message', e)})"
+        usable = isinstance(rec, dict) and isinstance(rec.get("tree"), str)
+        # a record written before versions were numbered has none: version 1
+        version = rec.get("version", TAR_RECORD) if usable else MANIFEST_RECORD  # type: ignore[union-attr]
+        if version not in (TAR_RECORD, MANIFEST_RECORD):
+            report.findings.append(Finding("layer", diff_id, f"its checksum record is of version {version!r}, "
+                                           "which this ctr cannot verify", hint="a newer ctr wrote it: use that one"))
+            continue
         try:
-            now = tree_digest(path)
+            now = _recompute(path, version)
         except FileNotFoundError:
             continue  # removed meanwhile
         except Exception as e:  # noqa: BLE001 - e.g. a name a layer may not hold
@@ -156,10 +196,10 @@ def _check_layer_trees(ctx: Context, report: CheckReport, repair: bool) -> set[s
             report.findings.append(Finding("layer", diff_id, f"cannot be read as a layer: {getattr(e, 'message', e)}",
                                            hint="remove the images that use it and import them again"))
             continue
-        if rec is None or not isinstance(rec.get("tree"), str):
+        if not usable:
             f = Finding("layer", diff_id, missing, "record the checksum of the layer as it is now")
             if repair:
-                store.write_layer_record(diff_id, {"version": RECORD_VERSION, "tree": now})
+                store.write_layer_record(diff_id, {"version": MANIFEST_RECORD, "tree": now})
                 f.repaired = True
             report.findings.append(f)
         elif rec["tree"] != now:
@@ -345,4 +385,5 @@ def _name(img) -> str:
     return img.names[0] if img.names else img.id.split(":", 1)[-1][:12]
 
 
-__all__ = ["CheckReport", "Finding", "check", "layer_record", "tree_digest"]
+__all__ = ["CheckReport", "Finding", "check", "layer_record", "layer_summary", "tree_digest",
+           "TAR_RECORD", "MANIFEST_RECORD"]

@@ -176,15 +176,16 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             if errors:
                 raise CtrError(f"cannot read directory {source}: {errors[0]}")
         diff_id = reader.digest
-        size = _tree_size(layer_tmp)
+        from ctr.engine.check import layer_summary
+
+        # the checksum record and the image size from one metadata-only walk (the contents'
+        # hashes were taken during extraction)
+        record, size = layer_summary(layer_tmp, result.digests)
         config = ImageConfig()
         image_id = digest_bytes(canonical_json({
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "config": config.__dict__,
         }))
-        from ctr.engine.check import layer_record
-
-        record = None if store.has_layer(diff_id) else layer_record(layer_tmp)
         faults.point("import.layer")
         with store.locked():
             layer_new = store.install_layer(diff_id, layer_tmp, record)

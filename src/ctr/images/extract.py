@@ -24,6 +24,11 @@ Policy:
 - OCI whiteouts (`.wh.name`, `.wh..wh..opq`) are dropped (whiteouts="skip") or converted to
   overlayfs form (whiteouts="overlay"); in overlay mode a char device 0/0 in the input is refused
   because it would forge overlay metadata.
+- With `digests` (the default), the sha256 of every regular file's contents is taken as it is
+  written and kept by inode number (`ExtractResult.digests`), for the layer's checksum record
+  (`images/layers.py: layer_manifest`) to use instead of reading the tree back. Only this
+  code creates regular files in `dest`, so the inode of every regular file in the finished
+  tree was written last by it (a name written again gets a new inode; hardlinks share one).
 - The archive must end with an end-of-archive (zero) block: a stream that stops at a member
   boundary is indistinguishable from a truncated one.  Bytes after that block are not read; a
   caller that hashes the stream drains it.
@@ -34,6 +39,7 @@ On any problem an ImageImportError naming the member is raised; the caller delet
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -101,6 +107,7 @@ class ExtractResult:
     entries: int = 0  # members applied
     bytes: int = 0  # regular file bytes written
     skipped: list[str] = field(default_factory=list)  # human notes
+    digests: dict[int, str] | None = None  # inode number -> sha256 (hex) of a regular file's contents
 
 
 class _Corrupt(Exception):
@@ -140,6 +147,7 @@ def extract_tar(
     limits: Limits | None = None,
     same_owner: bool | None = None,
     whiteouts: str = "skip",
+    digests: bool = True,
 ) -> ExtractResult:
     """Apply the uncompressed tar stream `fileobj` to the empty directory `dest` (module doc)."""
     if whiteouts not in ("skip", "overlay"):
@@ -153,6 +161,8 @@ def extract_tar(
         if os.listdir(root):
             raise ValueError(f"{dest} is not empty")
         ex = _Extractor(root, limits, same_owner, whiteouts == "overlay")
+        if digests:
+            ex.result.digests = {}
         inp = _Input(fileobj)
         try:
             with tarfile.open(fileobj=inp, mode="r|") as tar:
@@ -377,17 +387,25 @@ class _Extractor:
             except FileExistsError:
                 self.clear(pfd, parts)
                 fd = os.open(parts[-1], _FILE_FLAGS, 0o600, dir_fd=pfd)
+            digests = self.result.digests
+            h = hashlib.sha256() if digests is not None else None
+            written = 0
             try:
                 while chunk := src.read(_CHUNK):
-                    self.result.bytes += len(chunk)
+                    written += len(chunk)
+                    if h is not None:
+                        h.update(chunk)
                     if m.issparse() and chunk.count(0) == len(chunk):
                         os.lseek(fd, len(chunk), os.SEEK_CUR)  # keep holes as holes
                         continue
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
+                self.result.bytes += written
                 os.ftruncate(fd, m.size)
                 self.set_meta(fd, m)
+                if h is not None and written == m.size:  # else the record reads the file
+                    digests[os.fstat(fd).st_ino] = h.hexdigest()
             finally:
                 os.close(fd)
 

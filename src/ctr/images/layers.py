@@ -26,6 +26,9 @@ Three writers share one member writer (`LayerTar`):
   driver) amounts to, from its change list. Used by `commit` (copy driver).
 - `write_merged_tar(out, layers)`: the merged view of a stack of layers, whiteouts
   applied, as a flat root filesystem tar (no whiteouts in it). Used by `export`.
+
+`layer_manifest(layer_dir, digests)` walks the same overlay-form tree for its checksum
+record (`engine/check.py`): one line of metadata per entry, no tar.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ctr.errors import CtrError
 
 __all__ = [
     "WH_PREFIX", "WH_OPAQUE", "TarSummary", "LayerTar", "write_layer_tar", "write_changes_tar",
-    "write_merged_tar", "tar_pipe",
+    "write_merged_tar", "tar_pipe", "layer_manifest",
 ]
 
 WH_PREFIX = ".wh."
@@ -258,6 +261,97 @@ def _walk_layer(w: LayerTar, dirfd: int, rel: str) -> None:
             _walk_layer(w, fd, path)
         finally:
             os.close(fd)
+
+
+# ----------------------------------------------------------------------------- manifest
+def layer_manifest(layer_dir: str, digests: dict[int, str] | None = None) -> tuple[str, int]:
+    """The checksum of the overlay-form tree `layer_dir` as a manifest (`engine/check.py`
+    describes it), and the bytes its non-directories hold (the image size, per name).
+
+    `digests` maps an inode number to the sha256 of its contents, taken while the tree was
+    extracted (`ExtractResult.digests`): those files are not read again. A regular file that
+    has none is read and hashed.
+    """
+    import hashlib
+
+    w = _Manifest(hashlib.sha256(), digests or {})
+    root = _open_dir(layer_dir)
+    try:
+        st = os.fstat(root)
+        w.line(b".", b"d", st, b"opaque" if _opaque_fd(root) else b"", mtime=0)
+        w.walk(root, b"")
+    finally:
+        os.close(root)
+    return "sha256:" + w.hash.hexdigest(), w.size
+
+
+class _Manifest:
+    def __init__(self, hash, digests: dict[int, str]):
+        self.hash, self.digests, self.size = hash, digests, 0
+        self.links: dict[tuple[int, int], bytes] = {}
+
+    def line(self, path: bytes, kind: bytes, st: os.stat_result | None, extra: bytes = b"",
+             size: int = 0, mtime: int | None = None) -> None:
+        # every field ends with NUL, which no name, target or number holds: unambiguous
+        if st is None:
+            fields = (path, kind, b"0", b"0", b"0", b"0", b"0", extra)
+        else:
+            fields = (path, kind, b"%o" % stat.S_IMODE(st.st_mode), b"%d" % st.st_uid, b"%d" % st.st_gid,
+                      b"%d" % (st.st_mtime_ns // 10**9 if mtime is None else mtime), b"%d" % size, extra)
+        self.hash.update(b"\0".join(fields) + b"\0\n")
+
+    def walk(self, dirfd: int, rel: bytes) -> None:
+        for name, st in _entries(dirfd):
+            path = rel + os.fsencode(name)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                try:
+                    fd = _open_dir(name, dirfd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    self.line(path, b"d", st, b"opaque" if _opaque_fd(fd) else b"")
+                    self.walk(fd, path + b"/")
+                finally:
+                    os.close(fd)
+                continue
+            self.size += st.st_size
+            if is_whiteout(st):
+                self.line(path, b"w", None)
+                continue
+            if st.st_nlink > 1:  # a second name of the same inode: recorded as a link
+                key = (st.st_dev, st.st_ino)
+                first = self.links.setdefault(key, path)
+                if first != path:
+                    self.line(path, b"h", None, first)
+                    continue
+            if stat.S_ISREG(mode):
+                digest = self.digests.get(st.st_ino) or _file_digest(dirfd, name, path)
+                self.line(path, b"f", st, digest.encode(), st.st_size)
+            elif stat.S_ISLNK(mode):
+                self.line(path, b"l", st, os.fsencode(os.readlink(name, dir_fd=dirfd)))
+            elif stat.S_ISFIFO(mode):
+                self.line(path, b"p", st)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                dev = b"%d,%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+                self.line(path, b"c" if stat.S_ISCHR(mode) else b"b", st, dev)
+            else:
+                self.line(path, b"s", st)
+
+
+def _file_digest(dirfd: int, name: str, path: bytes) -> str:
+    import hashlib
+
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dirfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # replaced by a symlink meanwhile: never follow it
+            raise CtrError(f"/{os.fsdecode(path)} changed while it was being read") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CtrError(f"/{os.fsdecode(path)} changed while it was being read")
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ----------------------------------------------------------------------------- from changes
