@@ -102,3 +102,57 @@ def busybox_image(ctr: Ctr, rootfs: Path) -> str:
     """The tiny root filesystem imported as `bb:latest`."""
     ctr.ok("image", "import", str(rootfs), "bb")
     return "bb"
+
+
+# ----------------------------------------------------------------------------- the test kernel
+# qemu boots (the microvm driver, qemu VMs) need root, qemu-system-x86_64, a static busybox and a
+# kernel that scripts/fetch-kernel.sh put into $CTR_TEST_KERNEL_DIR; CI provides them all.
+KERNEL_DIR = Path(os.environ.get("CTR_TEST_KERNEL_DIR", "/var/cache/ctr-test-kernel"))
+
+
+def qemu_missing(mke2fs: bool = False) -> str | None:
+    """Why qemu cannot boot a guest here (None: it can); `mke2fs` for qemu VMs' disks."""
+    from ctr.errors import DriverError
+    from ctr.qemu import find_busybox, list_kernels
+
+    if not IS_ROOT:
+        return "qemu boots need root (CI runs as root)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed (apt-get install --no-install-recommends qemu-system-x86)"
+    if mke2fs and shutil.which("mke2fs") is None:
+        return "mke2fs is not installed (apt-get install e2fsprogs)"
+    if not busybox_is_static():
+        return "needs busybox-static (apt-get install busybox-static)"
+    try:
+        find_busybox()
+    except DriverError as e:
+        return f"{e.message} ({e.hint})"
+    if not list_kernels(KERNEL_DIR):
+        return f"no test kernel in {KERNEL_DIR} (run scripts/fetch-kernel.sh {KERNEL_DIR})"
+    return None
+
+
+def guest_kernel():
+    """The test kernel (`ctr.qemu.Kernel`: image, modules, release); check `qemu_missing` first."""
+    from ctr.qemu import list_kernels
+
+    return list_kernels(KERNEL_DIR)[0]
+
+
+def import_kernel(ctr: Ctr) -> None:
+    """`ctr system kernel import` the test kernel into `ctr`'s store (what the microvm driver
+    boots when no $CTR_KERNEL says otherwise)."""
+    kernel = guest_kernel()
+    ctr.env.pop("CTR_KERNEL", None)
+    ctr.ok("system", "kernel", "import", str(kernel.image),
+           *(["--modules", str(kernel.modules)] if kernel.modules else []))
+
+
+@pytest.fixture(scope="session")
+def qemu_kernel():
+    """The test kernel; the test skips, saying why, where qemu cannot boot a guest."""
+    reason = qemu_missing()
+    if reason:
+        print(f"skipping qemu boots: {reason}")
+        pytest.skip(reason)
+    return guest_kernel()

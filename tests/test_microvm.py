@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, Ctr, busybox_is_static, make_rootfs
+from conftest import IS_ROOT, KERNEL_DIR, Ctr, import_kernel, make_rootfs
 from ctr.drivers import DRIVERS, get_driver
 from ctr.drivers import microvm as mv
 from ctr.errors import DriverError
@@ -27,7 +26,6 @@ from ctr.models import Container, Mount, RunConfig
 
 pytestmark = pytest.mark.qemu
 
-KERNEL_DIR = Path(os.environ.get("CTR_TEST_KERNEL_DIR", "/var/cache/ctr-test-kernel"))
 HOST_MARKER = "987654321"  # a host process's argument the guest must not see
 
 
@@ -150,43 +148,16 @@ def test_kernel_import_ls_rm(ctr, tmp_path):
 
 
 # ============================================================================ real boots
-def _missing() -> str | None:
-    from ctr.qemu import find_busybox, list_kernels
-
-    if not IS_ROOT:
-        return "the microvm driver needs root (CI runs as root)"
-    if shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 is not installed (apt-get install --no-install-recommends qemu-system-x86)"
-    if not busybox_is_static():
-        return "needs busybox-static (apt-get install busybox-static)"
-    try:
-        find_busybox()
-    except DriverError as e:
-        return f"{e.message} ({e.hint})"
-    if not list_kernels(KERNEL_DIR):
-        return f"no test kernel in {KERNEL_DIR} (run scripts/fetch-kernel.sh {KERNEL_DIR})"
-    return None
-
-
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory):
+def vm(tmp_path_factory, qemu_kernel):
     """One store for every boot: the test kernel imported into it (`ctr system kernel import`,
     so the real boots also prove the import), the busybox image with a /data tree per case of
     the diff grid (one boot runs them all), and a host process the guests must not see."""
-    from ctr.qemu import list_kernels
-
-    reason = _missing()
-    if reason:
-        print(f"skipping microvm boots: {reason}")
-        pytest.skip(reason)
     from test_diff_grid import CASES, add_data_tree
 
     base = tmp_path_factory.mktemp("microvm")
     ctr = Ctr(base / "root", base / "config.yaml")
-    ctr.env.pop("CTR_KERNEL", None)
-    kernel = list_kernels(KERNEL_DIR)[0]
-    args = [str(kernel.image)] + (["--modules", str(kernel.modules)] if kernel.modules else [])
-    ctr.ok("system", "kernel", "import", *args)
+    import_kernel(ctr)
     rootfs = make_rootfs(base / "rootfs")
     for applet in ("grep", "tr", "cut"):
         os.symlink("busybox", rootfs / "bin" / applet)
@@ -196,7 +167,7 @@ def vm(tmp_path_factory):
     ctr.ok("image", "import", str(rootfs), "bb")
     host = subprocess.Popen(["sleep", HOST_MARKER])
     try:
-        yield {"ctr": ctr, "kernel": kernel, "base": base, "host_pid": host.pid}
+        yield {"ctr": ctr, "kernel": qemu_kernel, "base": base, "host_pid": host.pid}
     finally:
         host.kill()
         host.wait()

@@ -27,14 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, Ctr, busybox_is_static, make_rootfs, needs_root
-from ctr.errors import DriverError
+from conftest import IS_ROOT, Ctr, busybox_is_static, guest_kernel, make_rootfs, needs_root, qemu_missing
 from ctr.models import VM, Checkpoint
 from ctr.store import Store
 from ctr.vm import agent, disk
 from ctr.vm.ext4 import Ext4, Ext4Error
 
-KERNEL_DIR = Path(os.environ.get("CTR_TEST_KERNEL_DIR", "/var/cache/ctr-test-kernel"))
 MKE2FS = shutil.which("mke2fs")
 needs_mke2fs = pytest.mark.skipif(MKE2FS is None, reason="needs mke2fs (apt-get install e2fsprogs)")
 
@@ -443,25 +441,11 @@ def test_duplicate_name_and_stopped_vm(vmctr, bb_image):
 
 # ============================================================================ the lifecycle, for real
 def _qemu_missing() -> str | None:
-    from ctr.qemu import find_busybox, list_kernels
-
-    if shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-    if MKE2FS is None:
-        return "mke2fs is not installed (apt-get install e2fsprogs)"
-    try:
-        find_busybox()
-    except DriverError as e:
-        return f"{e.message} ({e.hint})"
-    if not list_kernels(KERNEL_DIR):
-        return f"no test kernel in {KERNEL_DIR} (run scripts/fetch-kernel.sh {KERNEL_DIR})"
-    return None
+    return qemu_missing(mke2fs=True)
 
 
 def _kernel_dir() -> str:
-    from ctr.qemu import list_kernels
-
-    return str(list_kernels(KERNEL_DIR)[0].image.parent)
+    return str(guest_kernel().image.parent)
 
 
 def _layer_digest(ctr: Ctr, image: str) -> str:
@@ -512,9 +496,7 @@ def _lifecycle(ctr: Ctr, driver: str, extra: tuple[str, ...], host_kernel: bool)
     if host_kernel:
         assert release == os.uname().release
     else:
-        from ctr.qemu import list_kernels
-
-        assert release == list_kernels(KERNEL_DIR)[0].release != os.uname().release
+        assert release == guest_kernel().release != os.uname().release
     r = ctr("vm", "exec", "-e", "WHO=vm", "-w", "/root", "v1", "sh", "-c",
             'echo "$WHO in $(pwd)" > hello; echo out; echo err >&2; exit 3')
     assert (r.code, r.out, r.err) == (3, "out\n", "err\n")
@@ -568,12 +550,9 @@ def test_lifecycle_sandbox(vmctr, bb_image):
 
 @pytest.mark.qemu
 @needs_root
-def test_lifecycle_qemu(vmctr, bb_image):
-    reason = _qemu_missing()
-    if reason:
-        print(f"skipping qemu VM boots: {reason}")
-        pytest.skip(reason)
-    _lifecycle(vmctr, "qemu", ("--kernel", _kernel_dir()), host_kernel=False)
+@needs_mke2fs
+def test_lifecycle_qemu(vmctr, bb_image, qemu_kernel):
+    _lifecycle(vmctr, "qemu", ("--kernel", str(qemu_kernel.image.parent)), host_kernel=False)
 
 
 @needs_root
@@ -682,21 +661,17 @@ def test_a_vm_copies_its_image_while_containers_share_it(vmctr, tmp_path):
 
 # ============================================================================ the agent, for real
 @pytest.fixture(scope="module")
-def running_qemu_vm(tmp_path_factory):
+def running_qemu_vm(tmp_path_factory, qemu_kernel):
     """One qemu VM booted for the agent tests below (boots are expensive under TCG)."""
-    if not IS_ROOT:
-        pytest.skip("needs root")
-    reason = _qemu_missing() or (None if busybox_is_static() else "needs busybox-static")
-    if reason:
-        print(f"skipping qemu VM boots: {reason}")
-        pytest.skip(reason)
+    if MKE2FS is None:
+        pytest.skip("needs mke2fs (apt-get install e2fsprogs)")
     base = tmp_path_factory.mktemp("vm-agent")
     ctr = Ctr(base / "root", base / "config.yaml")
     root = make_rootfs(base / "rootfs")
     for d in ("proc", "sys", "dev", "tmp"):
         (root / d).mkdir(exist_ok=True)
     ctr.ok("image", "import", str(root), "bb")
-    ctr.ok("vm", "create", "agent", "--image", "bb", "--driver", "qemu", "--kernel", _kernel_dir(), "-q")
+    ctr.ok("vm", "create", "agent", "--image", "bb", "--driver", "qemu", "--kernel", str(qemu_kernel.image.parent), "-q")
     ctr.ok("vm", "start", "agent")
     yield ctr
     ctr("vm", "rm", "-f", "agent")
