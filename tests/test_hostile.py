@@ -24,67 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from archives import dev, dir_, fifo, hard, reg, sha, sym, tar_of, tar_tree, xattrs
 from conftest import Ctr, busybox_is_static, make_rootfs
 from test_extract import _sparse_tar
 
-OLD = 1_500_000_000
+OLD = 1_500_000_000  # the canary's times
 
 
 # ============================================================================ building archives
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _ti(name: str, type_=tarfile.REGTYPE, mode=0o644, **kw) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type, ti.mode, ti.mtime = type_, mode, OLD
-    for k, v in kw.items():
-        setattr(ti, k, v)
-    return ti
-
-
-def reg(name, data=b"", **kw):
-    return _ti(name, **kw), data
-
-
-def dir_(name, mode=0o755, **kw):
-    return _ti(name, tarfile.DIRTYPE, mode, **kw), None
-
-
-def sym(name, target, **kw):
-    return _ti(name, tarfile.SYMTYPE, 0o777, linkname=str(target), **kw), None
-
-
-def hard(name, target, **kw):
-    return _ti(name, tarfile.LNKTYPE, linkname=str(target), **kw), None
-
-
-def fifo(name, mode=0o644):
-    return _ti(name, tarfile.FIFOTYPE, mode), None
-
-
-def dev(name, type_=tarfile.CHRTYPE, major=0, minor=0):
-    return _ti(name, type_, 0o666, devmajor=major, devminor=minor), None
-
-
-def xattrs(entry, **attrs):
-    ti, data = entry
-    ti.pax_headers = {f"SCHILY.xattr.{k.replace('__', '.')}": v for k, v in attrs.items()}
-    return ti, data
-
-
-def tar_of(entries) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for ti, data in entries:
-            if data is not None:
-                ti.size = len(data)
-                t.addfile(ti, io.BytesIO(data))
-            else:
-                t.addfile(ti)
-    return buf.getvalue()
-
-
 def config_doc(diff_ids: list[str]) -> dict:
     from ctr.images.oci import goarch
 
@@ -143,12 +90,7 @@ def bb_layer(tmp_path_factory) -> bytes:
     """The busybox root filesystem as a layer tar (the bottom layer of runnable cases)."""
     if not busybox_is_static():
         pytest.skip("needs busybox-static (apt-get install busybox-static)")
-    root = make_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for p in sorted(root.rglob("*")):
-            t.add(str(p), arcname=str(p.relative_to(root)), recursive=False)
-    return buf.getvalue()
+    return tar_tree(make_rootfs(tmp_path_factory.mktemp("bb") / "rootfs"))
 
 
 def _snapshot(top: Path) -> dict:

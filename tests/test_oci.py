@@ -22,46 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from archives import dir_, jbytes, reg, sha, tar_of, tar_tree
 from conftest import Ctr, busybox_is_static, make_rootfs
 from test_commit import DRIVERS, diff_views, usable_drivers, view_of
 
-OLD = 1_600_000_000
 EXPECTED_AB = ["/a", "/a/y", "/b", "/b/new"]
 
 
 # ============================================================================ building archives
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _ti(name: str, type_=tarfile.REGTYPE, mode=0o644, **kw) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type, ti.mode, ti.mtime = type_, mode, OLD
-    for k, v in kw.items():
-        setattr(ti, k, v)
-    return ti
-
-
-def tar_of(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for ti, data in entries:
-            if data is not None:
-                ti.size = len(data)
-                t.addfile(ti, io.BytesIO(data))
-            else:
-                t.addfile(ti)
-    return buf.getvalue()
-
-
-def reg(name: str, data: bytes = b"", mode=0o644):
-    return _ti(name, mode=mode), data
-
-
-def dir_(name: str, mode=0o755):
-    return _ti(name, tarfile.DIRTYPE, mode), None
-
-
 def base_layer(tmp_path: Path) -> bytes:
     """Layer 1: the busybox root filesystem, /a/x, /a/y, /b/z."""
     root = make_rootfs(tmp_path / "layer1")
@@ -70,11 +38,7 @@ def base_layer(tmp_path: Path) -> bytes:
     (root / "a" / "y").write_text("y\n")
     (root / "b").mkdir()
     (root / "b" / "z").write_text("z\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for p in sorted(root.rglob("*")):
-            t.add(str(p), arcname=str(p.relative_to(root)), recursive=False)
-    return buf.getvalue()
+    return tar_tree(root)
 
 
 def top_layer() -> bytes:
@@ -90,10 +54,6 @@ def config_doc(diff_ids: list[str], **run) -> dict:
     cfg.update(run)
     return {"architecture": goarch(), "os": "linux", "created": "2024-03-04T05:06:07.123456789Z",
             "config": cfg, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-
-
-def jbytes(doc) -> bytes:
-    return json.dumps(doc).encode()
 
 
 def docker_save(layers: list[bytes], *, gzip_layers=(), tags=("multi:v1",), config: dict | None = None,
