@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 from ..errors import DriverError
 from .initramfs import GuestConfig, Initramfs, Volume, write_initrd
@@ -141,6 +141,63 @@ def _panic_reason(console: str) -> str | None:
     return None
 
 
+def port_names(stdin: bool) -> list[str]:
+    """The named virtio-serial ports of a run (guest_init finds them by name)."""
+    return ["ctr.stdout", "ctr.stderr", "ctr.status", "ctr.control"] + (["ctr.stdin"] if stdin else [])
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """One run as data: the qemu machine and the guest's run.conf settings."""
+
+    spec: MachineSpec
+    guest: GuestConfig
+
+
+def plan_boot(
+    guest: GuestConfig,
+    *,
+    kernel: Kernel,
+    initramfs: Initramfs,
+    root: Path | None,
+    ports: Mapping[str, str],
+    initrd: Path,
+    console_log: Path | None,
+    volumes: Sequence[HostVolume] = (),
+    disk: Path | None = None,
+    accel: str = "tcg",
+    machine: str = "microvm",
+    memory_mb: int = 512,
+    cpus: int = 1,
+    qemu: str = "qemu-system-x86_64",
+    security_model: str | None = None,
+    cmdline_extra: Sequence[str] = (),
+) -> BootPlan:
+    """The machine `boot_and_run` starts and the guest config its initrd carries (pure:
+    nothing is written or run).  `ports` maps each of `port_names(...)` to its qemu chardev
+    backend (`socket,fd=N` in `boot_and_run`; e.g. `null` for a bare boot)."""
+    shares: list[Share] = []
+    gvols: list[Volume] = []
+    if root is not None and guest.root_disk is None:
+        shares.append(Share(ROOT_TAG, Path(root), guest.root_readonly, security_model))
+    for i, v in enumerate(volumes):
+        tag = f"ctr.vol{i}"
+        shares.append(Share(tag, Path(v.source), v.readonly, security_model))
+        gvols.append(Volume(tag, v.target, v.readonly))
+    modules = guest.modules or tuple(initramfs.modules_for(
+        machine, disk=disk is not None, overlay=False))
+    guest = dataclasses.replace(guest, volumes=tuple(gvols) + guest.volumes,
+                                root_tag=ROOT_TAG, modules=modules,
+                                stdin="ctr.stdin" in ports)
+    spec = MachineSpec(
+        kernel=kernel.image, initrd=initrd,
+        append=kernel_cmdline(accel, machine, extra=tuple(cmdline_extra)),
+        machine=machine, accel=accel, memory_mb=memory_mb, cpus=cpus,
+        shares=tuple(shares), ports=tuple(Port(n, b) for n, b in ports.items()), disk=disk,
+        console_log=console_log, qemu=qemu)
+    return BootPlan(spec, guest)
+
+
 def boot_and_run(
     guest: GuestConfig,
     *,
@@ -192,37 +249,21 @@ def boot_and_run(
     qemu_log = rdir / "qemu.log"
     initrd = rdir / "initrd.cpio"
 
-    shares: list[Share] = []
-    gvols: list[Volume] = []
-    if root is not None and guest.root_disk is None:
-        shares.append(Share(ROOT_TAG, Path(root), guest.root_readonly, security_model))
-    for i, v in enumerate(volumes):
-        tag = f"ctr.vol{i}"
-        shares.append(Share(tag, Path(v.source), v.readonly, security_model))
-        gvols.append(Volume(tag, v.target, v.readonly))
-    modules = guest.modules or tuple(initramfs.modules_for(
-        machine, disk=disk is not None, overlay=False))
-    guest = dataclasses.replace(guest, volumes=tuple(gvols) + guest.volumes,
-                                root_tag=ROOT_TAG, modules=modules,
-                                stdin=stdin is not None)
-
-    names = ["ctr.stdout", "ctr.stderr", "ctr.status", "ctr.control"]
-    if stdin is not None:
-        names.append("ctr.stdin")
+    names = port_names(stdin is not None)
     pairs = {n: socket.socketpair() for n in names}
-    ports = tuple(Port(n, f"socket,fd={pairs[n][1].fileno()}") for n in names) + tuple(
-        Port(n, f"socket,fd={s.fileno()},server=on,wait=off") for n, s in (listeners or {}).items())
 
     proc: subprocess.Popen[bytes] | None = None
     sel = selectors.DefaultSelector()
     try:
-        write_initrd(initramfs, guest, initrd)
-        spec = MachineSpec(
-            kernel=kernel.image, initrd=initrd,
-            append=kernel_cmdline(accel, machine, extra=tuple(cmdline_extra)),
-            machine=machine, accel=accel, memory_mb=memory_mb, cpus=cpus,
-            shares=tuple(shares), ports=ports, disk=disk, console_log=console, qemu=qemu)
-        argv = qemu_command(spec)
+        plan = plan_boot(guest, kernel=kernel, initramfs=initramfs, root=root, volumes=volumes,
+                         disk=disk, accel=accel, machine=machine, memory_mb=memory_mb, cpus=cpus,
+                         qemu=qemu, security_model=security_model, cmdline_extra=cmdline_extra,
+                         ports={**{n: f"socket,fd={pairs[n][1].fileno()}" for n in names},
+                                **{n: f"socket,fd={s.fileno()},server=on,wait=off"
+                                   for n, s in (listeners or {}).items()}},
+                         initrd=initrd, console_log=console)
+        write_initrd(initramfs, plan.guest, initrd)
+        argv = qemu_command(plan.spec)
         start = time.monotonic()
         with open(qemu_log, "wb") as log:
             try:
