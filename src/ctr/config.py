@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ctr.errors import CtrError
+from ctr.models import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 KNOWN_KEYS = {
     "isolation", "drivers", "kernel", "qemu", "memory", "cpus",
@@ -33,17 +36,23 @@ KNOWN_KEYS = {
 }
 
 
-@dataclass
-class Config:
-    isolation: str = "process"
-    drivers: dict[str, str] = field(default_factory=dict)
-    kernel: str | None = None
-    qemu: str | None = None
-    memory: str | None = None
-    cpus: float | None = None
-    hyperv_runtime_class: str = "kata"
-    diff_ignore: list[str] = field(default_factory=list)
-    path: Path | None = None
+class Config(Record):
+    __slots__ = _fields = ("isolation", "drivers", "kernel", "qemu", "memory", "cpus", "hyperv_runtime_class",
+                           "diff_ignore", "path")
+
+    def __init__(self, isolation: str = "process", drivers: dict[str, str] | None = None, kernel: str | None = None,
+                 qemu: str | None = None, memory: str | None = None, cpus: float | None = None,
+                 hyperv_runtime_class: str = "kata", diff_ignore: list[str] | None = None,
+                 path: Path | None = None):
+        self.isolation = isolation
+        self.drivers = {} if drivers is None else drivers
+        self.kernel = kernel
+        self.qemu = qemu
+        self.memory = memory
+        self.cpus = cpus
+        self.hyperv_runtime_class = hyperv_runtime_class
+        self.diff_ignore = [] if diff_ignore is None else diff_ignore
+        self.path = path
 
 
 def config_path() -> Path:

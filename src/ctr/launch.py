@@ -8,41 +8,51 @@ whose /dev or /tmp is a symlink cannot make ctr mount outside the root.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ctr.models import Record
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass
-class MountOp:
-    target: str
-    source: str = "none"
-    fstype: str | None = None
-    flags: tuple[str, ...] = ()  # bind rec ro nosuid nodev noexec private remount
-    data: str = ""
-    in_root: bool = True  # target is a path inside the new root
-    kind: str = "dir"  # what to create at the target if missing: dir | file | none
-    optional: bool = False  # failure to mount is not fatal (noted instead)
+class MountOp(Record):
+    __slots__ = _fields = ("target", "source", "fstype", "flags", "data", "in_root", "kind", "optional")
+
+    def __init__(self, target: str, source: str = "none", fstype: str | None = None, flags: tuple[str, ...] = (),
+                 data: str = "", in_root: bool = True, kind: str = "dir", optional: bool = False):
+        self.target = target
+        self.source = source
+        self.fstype = fstype
+        self.flags = flags  # bind rec ro nosuid nodev noexec private remount
+        self.data = data
+        self.in_root = in_root  # target is a path inside the new root
+        self.kind = kind  # what to create at the target if missing: dir | file | none
+        self.optional = optional  # failure to mount is not fatal (noted instead)
 
 
-@dataclass
-class Launch:
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = "/"
-    user: str = ""  # "uid[:gid]" or a name looked up in the new root's /etc/passwd
-    root: str | None = None  # directory that becomes "/"; None: stay in the host root
-    pivot: bool = True  # pivot_root (needs a mount namespace), else chroot
-    namespaces: tuple[str, ...] = ()  # mnt user pid net ipc uts
-    map_root_to: int | None = None  # user ns: map uid/gid 0 inside to this host id
-    mounts: list[MountOp] = field(default_factory=list)
-    hostname: str = ""
-    stdin: str = "null"  # null | inherit
-    tty: bool = False
-    no_new_privs: bool = False
-    drop_caps: bool = False
-    rlimits: dict[str, int] = field(default_factory=dict)  # RLIMIT_AS, RLIMIT_NPROC, ...
-    cgroup_procs: str | None = None  # join this cgroup.procs file before exec
+class Launch(Record):
+    __slots__ = _fields = ("argv", "env", "cwd", "user", "root", "pivot", "namespaces", "map_root_to", "mounts",
+                           "hostname", "stdin", "tty", "no_new_privs", "drop_caps", "rlimits", "cgroup_procs")
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/", user: str = "",
+                 root: str | None = None, pivot: bool = True, namespaces: tuple[str, ...] = (),
+                 map_root_to: int | None = None, mounts: list[MountOp] | None = None, hostname: str = "",
+                 stdin: str = "null", tty: bool = False, no_new_privs: bool = False, drop_caps: bool = False,
+                 rlimits: dict[str, int] | None = None, cgroup_procs: str | None = None):
+        self.argv = argv
+        self.env = {} if env is None else env
+        self.cwd = cwd
+        self.user = user  # "uid[:gid]" or a name looked up in the new root's /etc/passwd
+        self.root = root  # directory that becomes "/"; None: stay in the host root
+        self.pivot = pivot  # pivot_root (needs a mount namespace), else chroot
+        self.namespaces = namespaces  # mnt user pid net ipc uts
+        self.map_root_to = map_root_to  # user ns: map uid/gid 0 inside to this host id
+        self.mounts = [] if mounts is None else mounts
+        self.hostname = hostname
+        self.stdin = stdin  # null | inherit
+        self.tty = tty
+        self.no_new_privs = no_new_privs
+        self.drop_caps = drop_caps
+        self.rlimits = {} if rlimits is None else rlimits  # RLIMIT_AS, RLIMIT_NPROC, ...
+        self.cgroup_procs = cgroup_procs  # join this cgroup.procs file before exec
 
 
 def base_mounts(kind: str = "process") -> list[MountOp]:

@@ -6,11 +6,64 @@ are ISO-8601 UTC strings, so `--format json` can print them unchanged.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import time
 from enum import Enum
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any
+
+# Plain classes, not dataclasses: `dataclasses` imports inspect (and with it ast, dis and
+# tokenize), and generating each class costs more again — about 10 ms of every `ps`, `diff`
+# or `run` (docs/performance.md). `Record` gives what those commands relied on: a
+# constructor with the same keyword defaults (written out), equality and repr by field, and
+# `to_dict()` with the keys and values `dataclasses.asdict` gave, so records on disk and
+# `--format json` are unchanged (tests/test_records.py).
+
+
+class Record:
+    """Fields named in `_fields`, in constructor order (also `__slots__` where no caller needs
+    the instance's `__dict__`)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: _plain(getattr(self, f)) for f in self._fields}
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
+
+def _plain(value: Any) -> Any:
+    """`value` as `dataclasses.asdict` copies it: records as dicts, containers copied."""
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+# the default of a field whose default is made anew for each record (an empty list, the time
+# now): not None, which a record may hold
+_NEW: Any = object()
+
+
+def replace(record: Any, **changes: Any) -> Any:
+    """A copy of `record` with some fields changed (as `dataclasses.replace`)."""
+    return type(record)(**{f: changes[f] if f in changes else getattr(record, f) for f in record._fields})
 
 
 class StrEnum(str, Enum):
@@ -34,55 +87,67 @@ HOST_IMAGE = "host"
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The time now as `2024-05-01T12:00:00.123456Z` (what datetime's isoformat gave, without
+    importing datetime on every command that writes a record)."""
+    ns = time.time_ns()
+    secs, us = divmod(ns // 1000, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{us:06d}Z"
 
 
 def parse_iso(value: str | None) -> datetime | None:
     if not value:
         return None
+    from datetime import datetime
+
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """A volume: host `source` bound at `target` inside the container."""
 
-    source: str
-    target: str
-    readonly: bool = False
+    __slots__ = _fields = ("source", "target", "readonly")
+
+    def __init__(self, source: str, target: str, readonly: bool = False):
+        self.source, self.target, self.readonly = source, target, readonly
 
 
-@dataclass
-class ImageConfig:
-    """Run defaults carried by an image (as in an OCI image config)."""
+class ImageConfig(Record):
+    """Run defaults carried by an image (as in an OCI image config). No `__slots__`: inspect
+    views print its `__dict__`."""
 
-    env: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-    entrypoint: list[str] = field(default_factory=list)
-    workdir: str = ""
-    user: str = ""
+    _fields = ("env", "cmd", "entrypoint", "workdir", "user")
+
+    def __init__(self, env: list[str] = _NEW, cmd: list[str] = _NEW,
+                 entrypoint: list[str] = _NEW, workdir: str = "", user: str = ""):
+        self.env = [] if env is _NEW else env
+        self.cmd = [] if cmd is _NEW else cmd
+        self.entrypoint = [] if entrypoint is _NEW else entrypoint
+        self.workdir = workdir
+        self.user = user
 
 
-@dataclass
-class Image:
-    id: str  # "sha256:<hex>"
-    names: list[str]  # "name:tag"
-    layers: list[str]  # diff ids ("sha256:<hex>"), bottom first
-    config: ImageConfig = field(default_factory=ImageConfig)
-    created: str = field(default_factory=now_iso)
-    size: int = 0
-    source: str = ""
-    builtin: bool = False
-    parent: str = ""  # the image a committed image was made on (its id)
-    author: str = ""  # `commit --author`, or the imported config's author
-    comment: str = ""  # `commit --message`
+class Image(Record):
+    __slots__ = _fields = ("id", "names", "layers", "config", "created", "size", "source", "builtin",
+                           "parent", "author", "comment")
+
+    def __init__(self, id: str, names: list[str], layers: list[str], config: ImageConfig = _NEW,
+                 created: str = _NEW, size: int = 0, source: str = "", builtin: bool = False,
+                 parent: str = "", author: str = "", comment: str = ""):
+        self.id = id  # "sha256:<hex>"
+        self.names = names  # "name:tag"
+        self.layers = layers  # diff ids ("sha256:<hex>"), bottom first
+        self.config = ImageConfig() if config is _NEW else config
+        self.created = now_iso() if created is _NEW else created
+        self.size = size
+        self.source = source
+        self.builtin = builtin
+        self.parent = parent  # the image a committed image was made on (its id)
+        self.author = author  # `commit --author`, or the imported config's author
+        self.comment = comment  # `commit --message`
 
     @property
     def short_id(self) -> str:
         return short(self.id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Image":
@@ -91,49 +156,60 @@ class Image:
         return cls(**d)
 
 
-@dataclass
-class RunConfig:
-    command: list[str]
-    env: list[str] = field(default_factory=list)
-    workdir: str = ""
-    user: str = ""
-    mounts: list[Mount] = field(default_factory=list)
-    interactive: bool = False
-    tty: bool = False
-    hostname: str = ""
-    memory: int | None = None  # bytes
-    cpus: float | None = None
+class RunConfig(Record):
+    __slots__ = _fields = ("command", "env", "workdir", "user", "mounts", "interactive", "tty", "hostname",
+                           "memory", "cpus")
+
+    def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str = "", user: str = "",
+                 mounts: list[Mount] = _NEW, interactive: bool = False, tty: bool = False,
+                 hostname: str = "", memory: int | None = None, cpus: float | None = None):
+        self.command = command
+        self.env = [] if env is _NEW else env
+        self.workdir = workdir
+        self.user = user
+        self.mounts = [] if mounts is _NEW else mounts
+        self.interactive = interactive
+        self.tty = tty
+        self.hostname = hostname
+        self.memory = memory  # bytes
+        self.cpus = cpus
 
 
-@dataclass
-class Container:
-    id: str  # 64 hex chars
-    name: str
-    image: str  # image id
-    image_name: str  # what the user asked for
-    isolation: str
-    driver: str
-    config: RunConfig
-    state: str = State.CREATED.value
-    created: str = field(default_factory=now_iso)
-    started: str | None = None
-    finished: str | None = None
-    pid: int | None = None
-    pid_start: int | None = None  # /proc/<pid>/stat start time, guards against pid reuse
-    monitor_pid: int | None = None  # detached (`run -d`, `start`): the monitor supervising pid
-    monitor_start: int | None = None  # the monitor's start time, as pid_start
-    exit_code: int | None = None
-    error: str = ""
-    auto_remove: bool = False
-    emulated: bool = False  # the driver emulates its isolation level
-    notes: list[str] = field(default_factory=list)
+class Container(Record):
+    __slots__ = _fields = ("id", "name", "image", "image_name", "isolation", "driver", "config", "state",
+                           "created", "started", "finished", "pid", "pid_start", "monitor_pid",
+                           "monitor_start", "exit_code", "error", "auto_remove", "emulated", "notes")
+
+    def __init__(self, id: str, name: str, image: str, image_name: str, isolation: str, driver: str,
+                 config: RunConfig, state: str = State.CREATED.value, created: str = _NEW,
+                 started: str | None = None, finished: str | None = None, pid: int | None = None,
+                 pid_start: int | None = None, monitor_pid: int | None = None,
+                 monitor_start: int | None = None, exit_code: int | None = None, error: str = "",
+                 auto_remove: bool = False, emulated: bool = False, notes: list[str] = _NEW):
+        self.id = id  # 64 hex chars
+        self.name = name
+        self.image = image  # image id
+        self.image_name = image_name  # what the user asked for
+        self.isolation = isolation
+        self.driver = driver
+        self.config = config
+        self.state = state
+        self.created = now_iso() if created is _NEW else created
+        self.started = started
+        self.finished = finished
+        self.pid = pid
+        self.pid_start = pid_start  # /proc/<pid>/stat start time, guards against pid reuse
+        self.monitor_pid = monitor_pid  # detached (`run -d`, `start`): the monitor supervising pid
+        self.monitor_start = monitor_start  # the monitor's start time, as pid_start
+        self.exit_code = exit_code
+        self.error = error
+        self.auto_remove = auto_remove
+        self.emulated = emulated  # the driver emulates its isolation level
+        self.notes = [] if notes is _NEW else notes
 
     @property
     def short_id(self) -> str:
         return short(self.id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Container":
@@ -160,45 +236,54 @@ class VMState(StrEnum):
     SAVED = "Saved"
 
 
-@dataclass
-class Checkpoint:
-    name: str
-    created: str = field(default_factory=now_iso)
-    size: int = 0  # bytes the copy takes on disk (0 when it shares blocks by reflink)
-    method: str = ""  # "reflink" or "copy"
+class Checkpoint(Record):
+    __slots__ = _fields = ("name", "created", "size", "method")
+
+    def __init__(self, name: str, created: str = _NEW, size: int = 0, method: str = ""):
+        self.name = name
+        self.created = now_iso() if created is _NEW else created
+        self.size = size  # bytes the copy takes on disk (0 when it shares blocks by reflink)
+        self.method = method  # "reflink" or "copy"
 
 
-@dataclass
-class VM:
+class VM(Record):
     """A full virtual machine: its own copy of an image as its disk, a hardware spec, a state."""
 
-    name: str
-    id: str  # 64 hex chars; names its cgroup (sandbox) and nothing else
-    driver: str  # qemu | sandbox
-    image: str  # the image id the disk was made from (the image may since be gone)
-    image_name: str  # what the user asked for
-    cpus: int
-    memory: int  # bytes
-    disk_size: int  # bytes: the disk's virtual size (sandbox: the space it was checked against)
-    env: list[str] = field(default_factory=list)  # the image's environment, for exec
-    workdir: str = "/"  # the image's working directory, for exec
-    kernel: str = ""  # qemu: the kernel booted (an imported kernel directory or an image file)
-    kernel_release: str = ""
-    state: str = VMState.OFF.value
-    created: str = field(default_factory=now_iso)
-    started: str | None = None
-    stopped: str | None = None
-    pid: int | None = None  # qemu: the qemu process; sandbox: the relay outside its pid namespace
-    pid_start: int | None = None  # /proc/<pid>/stat start time, guards against pid reuse
-    accel: str = ""  # qemu: kvm or tcg
-    guest_kernel: str = ""  # `uname -r` reported by the running guest
-    emulated: bool = False  # the driver emulates a VM (shares the host kernel)
-    disk_used: int = 0  # bytes the disk took on the host when it was made
-    error: str = ""  # why it last stopped unexpectedly, or failed to start
-    checkpoints: list[Checkpoint] = field(default_factory=list)
+    __slots__ = _fields = ("name", "id", "driver", "image", "image_name", "cpus", "memory", "disk_size",
+                           "env", "workdir", "kernel", "kernel_release", "state", "created", "started",
+                           "stopped", "pid", "pid_start", "accel", "guest_kernel", "emulated", "disk_used",
+                           "error", "checkpoints")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __init__(self, name: str, id: str, driver: str, image: str, image_name: str, cpus: int, memory: int,
+                 disk_size: int, env: list[str] = _NEW, workdir: str = "/", kernel: str = "",
+                 kernel_release: str = "", state: str = VMState.OFF.value, created: str = _NEW,
+                 started: str | None = None, stopped: str | None = None, pid: int | None = None,
+                 pid_start: int | None = None, accel: str = "", guest_kernel: str = "", emulated: bool = False,
+                 disk_used: int = 0, error: str = "", checkpoints: list[Checkpoint] = _NEW):
+        self.name = name
+        self.id = id  # 64 hex chars; names its cgroup (sandbox) and nothing else
+        self.driver = driver  # qemu | sandbox
+        self.image = image  # the image id the disk was made from (the image may since be gone)
+        self.image_name = image_name  # what the user asked for
+        self.cpus = cpus
+        self.memory = memory  # bytes
+        self.disk_size = disk_size  # bytes: the disk's virtual size (sandbox: the space it was checked against)
+        self.env = [] if env is _NEW else env  # the image's environment, for exec
+        self.workdir = workdir  # the image's working directory, for exec
+        self.kernel = kernel  # qemu: the kernel booted (an imported kernel directory or an image file)
+        self.kernel_release = kernel_release
+        self.state = state
+        self.created = now_iso() if created is _NEW else created
+        self.started = started
+        self.stopped = stopped
+        self.pid = pid  # qemu: the qemu process; sandbox: the relay outside its pid namespace
+        self.pid_start = pid_start  # /proc/<pid>/stat start time, guards against pid reuse
+        self.accel = accel  # qemu: kvm or tcg
+        self.guest_kernel = guest_kernel  # `uname -r` reported by the running guest
+        self.emulated = emulated  # the driver emulates a VM (shares the host kernel)
+        self.disk_used = disk_used  # bytes the disk took on the host when it was made
+        self.error = error  # why it last stopped unexpectedly, or failed to start
+        self.checkpoints = [] if checkpoints is _NEW else checkpoints
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VM":

@@ -13,12 +13,15 @@ import os
 import signal
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ctr.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_SIGNAL_BASE, CtrError
 from ctr.launch import Launch, MountOp
+from ctr.models import Record, replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Sequence
 
 CLONE = {
     "mnt": 0x00020000,
@@ -137,11 +140,11 @@ def exit_code_from_status(status: int) -> int:
 
 
 # --------------------------------------------------------------------------- subprocesses
-@dataclass
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
+class Completed(Record):
+    __slots__ = _fields = ("returncode", "stdout", "stderr")
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
 def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
@@ -496,9 +499,7 @@ def _from_root(op: MountOp, root: str | None, root_fd: int) -> MountOp:
     """A bind whose source lies inside the new root is reached through the root descriptor."""
     inside = (root or "").rstrip("/") + "/"
     if root and "bind" in op.flags and op.source.startswith(inside):
-        import dataclasses
-
-        return dataclasses.replace(op, source=f"/proc/self/fd/{root_fd}/{op.source[len(inside):]}")
+        return replace(op, source=f"/proc/self/fd/{root_fd}/{op.source[len(inside):]}")
     return op
 
 
@@ -757,11 +758,12 @@ def _exec(launch: Launch) -> None:
 
 
 # --------------------------------------------------------------------------- the parent side
-@dataclass
-class Started:
-    pid: int
-    start_time: int | None
-    master_fd: int | None = None  # pty master when launch.tty
+class Started(Record):
+    __slots__ = _fields = ("pid", "start_time", "master_fd")
+
+    def __init__(self, pid: int, start_time: int | None, master_fd: int | None = None):
+        self.pid, self.start_time = pid, start_time
+        self.master_fd = master_fd  # pty master when launch.tty
 
 
 def start(launch: Launch, *, stdout: int | None = None, stderr: int | None = None,

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 COMPLETE_VAR = "_CTR_COMPLETE"  # cli/completion.COMPLETE_VAR (that module imports typer)
 

@@ -10,9 +10,12 @@ same code runs, so a behaviour lives here once.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
 
 from ctr.cli.common import ctx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 
 def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = None,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ctr.models import Record
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ctr.changes import Change
     from ctr.launch import Launch, MountOp
@@ -14,12 +15,14 @@ if TYPE_CHECKING:
     from ctr.store import Store
 
 
-@dataclass
-class Availability:
-    usable: bool
-    reason: str = ""  # why not (or what is notable when usable)
-    fix: str = ""  # how to make it usable
-    notes: list[str] = field(default_factory=list)
+class Availability(Record):
+    __slots__ = _fields = ("usable", "reason", "fix", "notes")
+
+    def __init__(self, usable: bool, reason: str = "", fix: str = "", notes: list[str] | None = None):
+        self.usable = usable
+        self.reason = reason  # why not (or what is notable when usable)
+        self.fix = fix  # how to make it usable
+        self.notes = [] if notes is None else notes
 
 
 class Driver:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ctr.drivers.base import (Availability, Driver, filesystem_supported, process_launch, runtime_mounts,
                               userns_usable, volume_mounts)
 from ctr.errors import DriverError
 from ctr.models import Container, Image
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ctr.changes import Change
     from ctr.launch import Launch

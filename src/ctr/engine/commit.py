@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -29,7 +29,7 @@ from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument
 from ctr.images import layers as lt
 from ctr.images import oci
 from ctr.images.digest import HashingReader, digest_bytes
-from ctr.models import Container, Image, ImageConfig, State, now_iso, parse_iso, short
+from ctr.models import Container, Image, ImageConfig, State, now_iso, parse_iso, replace, short
 from ctr.store.store import remove_path
 
 class _Counting:

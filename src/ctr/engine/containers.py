@@ -6,17 +6,18 @@ import errno
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from ctr import faults
 from ctr.engine.context import Context
 from ctr.engine.refs import resolve
 from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
-from ctr.models import Container, Image, Mount, RunConfig, State, now_iso
+from ctr.models import Container, Image, Mount, Record, RunConfig, State, now_iso
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from ctr.changes import Change
     from ctr.drivers import Driver
 
@@ -120,24 +121,31 @@ def latest(ctx: Context) -> Container:
 
 
 # ----------------------------------------------------------------------------- run
-@dataclass
-class RunOptions:
-    image: str
-    command: list[str]
-    name: str | None = None
-    isolation: str | None = None
-    driver: str | None = None
-    env: list[str] = field(default_factory=list)
-    env_files: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    volumes: list[str] = field(default_factory=list)
-    user: str | None = None
-    interactive: bool = False
-    tty: bool = False
-    remove: bool = False
-    hostname: str | None = None
-    memory: int | None = None
-    cpus: float | None = None
+class RunOptions(Record):
+    __slots__ = _fields = ("image", "command", "name", "isolation", "driver", "env", "env_files", "workdir",
+                           "volumes", "user", "interactive", "tty", "remove", "hostname", "memory", "cpus")
+
+    def __init__(self, image: str, command: list[str], name: str | None = None, isolation: str | None = None,
+                 driver: str | None = None, env: list[str] | None = None, env_files: list[str] | None = None,
+                 workdir: str | None = None, volumes: list[str] | None = None, user: str | None = None,
+                 interactive: bool = False, tty: bool = False, remove: bool = False,
+                 hostname: str | None = None, memory: int | None = None, cpus: float | None = None):
+        self.image = image
+        self.command = command
+        self.name = name
+        self.isolation = isolation
+        self.driver = driver
+        self.env = [] if env is None else env
+        self.env_files = [] if env_files is None else env_files
+        self.workdir = workdir
+        self.volumes = [] if volumes is None else volumes
+        self.user = user
+        self.interactive = interactive
+        self.tty = tty
+        self.remove = remove
+        self.hostname = hostname
+        self.memory = memory
+        self.cpus = cpus
 
 
 def parse_volume(spec: str) -> Mount:
@@ -334,10 +342,9 @@ def start_foreground(ctx: Context, c: Container, image: Image, driver: Driver) -
 # ----------------------------------------------------------------------------- diff / inspect
 def diff(ctx: Context, ref: str) -> list[Change]:
     from ctr.drivers import get_driver
-    from ctr.engine.images import get_image
 
     c = get_container(ctx, ref)
-    image = get_image(ctx, c.image)
+    image = _image_of(ctx, c)
     changes = get_driver(c.isolation, c.driver).changes(ctx.store, c, image)
     if ctx.config.diff_ignore:
         import fnmatch
@@ -345,6 +352,20 @@ def diff(ctx: Context, ref: str) -> list[Change]:
         changes = [ch for ch in changes
                    if not any(fnmatch.fnmatch(ch.path, pat) for pat in ctx.config.diff_ignore)]
     return changes
+
+
+def _image_of(ctx: Context, c: Container) -> Image:
+    """The image `c` was made from: its record, read by the full id the container records
+    (without importing engine/images, which `diff` needs no more of); else the full lookup
+    (the built-in host image has no record; a missing image is its error)."""
+    iid = c.image
+    if iid.startswith("sha256:") and len(iid) == 71 and all(ch in "0123456789abcdef" for ch in iid[7:]):
+        data = ctx.store.read_image(iid)
+        if data is not None:
+            return Image.from_dict(data)
+    from ctr.engine.images import get_image
+
+    return get_image(ctx, c.image)
 
 
 def inspect(ctx: Context, ref: str) -> dict:
@@ -366,11 +387,11 @@ def inspect(ctx: Context, ref: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- rm
-@dataclass
-class RemoveResult:
-    ref: str
-    id: str | None = None
-    error: CtrError | None = None
+class RemoveResult(Record):
+    __slots__ = _fields = ("ref", "id", "error")
+
+    def __init__(self, ref: str, id: str | None = None, error: CtrError | None = None):
+        self.ref, self.id, self.error = ref, id, error
 
 
 def remove_containers(ctx: Context, refs: list[str], force: bool = False) -> list[RemoveResult]:

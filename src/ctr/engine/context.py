@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctr.config import Config, load_config
+from ctr.models import Record
 from ctr.store import Store, default_root
 
 
-@dataclass
-class Context:
-    store: Store
-    config: Config = field(default_factory=Config)
+class Context(Record):
+    __slots__ = _fields = ("store", "config")
+
+    def __init__(self, store: Store, config: Config | None = None):
+        self.store = store
+        self.config = Config() if config is None else config
 
 
 def open_context(root: Path | None = None, config_file: Path | None = None) -> Context:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, TypeVar
-
 from ctr.errors import Conflict, InvalidArgument, NotFound
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # (not typing's: importing typing costs every command ~3 ms)
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, TypeVar
+
+    T = TypeVar("T")
 
 
 def resolve(ref: str, items: Iterable[T], ident: Callable[[T], str], names: Callable[[T], list[str]],

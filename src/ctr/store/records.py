@@ -9,9 +9,12 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 from ctr.errors import StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 LOCK_TIMEOUT = float(os.environ.get("CTR_LOCK_TIMEOUT", "60"))
 

@@ -25,11 +25,14 @@ import os
 import stat as _stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ctr import faults
 from ctr.errors import StoreError
 from ctr.store.records import flock, read_json, write_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 STORE_VERSION = 1
 
