@@ -28,6 +28,7 @@ fails because one was not (benchmarks are not timed tests).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -65,7 +66,7 @@ class Sizes:
 
 
 FULL = Sizes(53_000, 500, 10_000, 200, 50_000, 400_000_000,
-             {"startup": 30, "run": 20, "hyperv": 20, "diff": 20, "diff10k": 15, "ps200": 20, "import": 3},
+             {"startup": 30, "run": 20, "hyperv": 20, "microvm": 12, "diff": 20, "diff10k": 15, "ps200": 20, "import": 3},
              warmup=1)
 QUICK = Sizes(1_000, 100, 200, 3, 300, 3_000_000,
               {}, warmup=0)
@@ -81,7 +82,9 @@ class Contender:
     after: Callable[[], None] | None = None  # untimed, after each timed run
     skip: str | None = None  # why this contender does not run here
     ours: bool = False  # a ctr command: a failure is an error, not a skip
+    then: list[list[str]] = field(default_factory=list)  # more commands timed in the same run
     times: list[float] = field(default_factory=list)  # ms
+    parts: list[list[float]] = field(default_factory=list)  # ms of argv and of each `then`, per run
     rss: list[int] = field(default_factory=list)  # KiB, peak RSS (one untimed run)
     error: str | None = None
 
@@ -147,7 +150,7 @@ class Runner:
         self.err_path = tmp / "stderr"
         self.err = os.open(self.err_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 
-    def __call__(self, argv: list[str], env: dict[str, str] | None) -> tuple[float, int, int, str]:
+    def __call__(self, argv: list[str], env: dict[str, str] | None) -> tuple[float, int, str]:
         os.ftruncate(self.err, 0)
         os.lseek(self.err, 0, os.SEEK_SET)
         actions = [(os.POSIX_SPAWN_DUP2, self.null, 0), (os.POSIX_SPAWN_DUP2, self.null, 1),
@@ -189,6 +192,38 @@ def ctr_command(python: str) -> list[str]:
     except OSError:
         pass
     return [python, "-m", "ctr"]
+
+
+def guest_kernel(explicit: str | None = None):
+    """(the guest kernel for microvm runs, None) or (None, why there is none): `explicit`, else
+    $CTR_KERNEL, else the newest kernel in $CTR_TEST_KERNEL_DIR (/var/cache/ctr-test-kernel,
+    filled by scripts/fetch-kernel.sh), as tests/test_microvm.py finds it."""
+    if str(REPO / "src") not in sys.path:
+        sys.path.insert(0, str(REPO / "src"))
+    from ctr.errors import CtrError
+    from ctr.qemu import kernel as qkernel
+
+    path = explicit or os.environ.get("CTR_KERNEL")
+    if path:
+        try:
+            return qkernel.kernel_from_path(path), None
+        except CtrError as e:
+            return None, f"guest kernel {path}: {e.message}"
+    kdir = Path(os.environ.get("CTR_TEST_KERNEL_DIR", "/var/cache/ctr-test-kernel"))
+    kernels = qkernel.list_kernels(kdir)
+    if not kernels:
+        return None, (f"no guest kernel (--kernel, $CTR_KERNEL, or one in {kdir}: "
+                      f"scripts/fetch-kernel.sh {kdir})")
+    return kernels[0], None
+
+
+def microvm_unavailable(explicit: str | None = None) -> str | None:
+    """Why the microvm case cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (the microvm driver mounts the container's overlay)"
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+    return guest_kernel(explicit)[1]
 
 
 def machine() -> dict:
@@ -406,6 +441,72 @@ class Suite:
             Target(cs[0].label, cs[1].label, 1.5, "hyperv/sandbox ≤ 1.5 × process/overlay"),
         ])
 
+    def case_microvm(self) -> Case:
+        title = "`run --rm` hyperv/microvm (qemu) against a raw qemu boot of the same guest"
+        labels = ("ctr run --rm hyperv/microvm", "raw qemu: the same guest, /bin/true")
+        target = [Target(labels[0], labels[1], 1.15, "hyperv/microvm ≤ 1.15 × raw qemu boot of the same guest")]
+        why = microvm_unavailable(self.args.kernel)
+        if why:
+            return Case("microvm", title, [Contender(x, [], skip=why) for x in labels], target, memory=False)
+        kernel, _ = guest_kernel(self.args.kernel)
+        img = self.image("microvm", 0, "bb")
+        self.ctr_sh("microvm", "system", "kernel", "import", str(kernel.image),
+                    *(["--modules", str(kernel.modules)] if kernel.modules else []))
+        # one untimed run, kept: it builds the initramfs cache and the accelerator probe, and its
+        # vm/ directory records the machine and guest ctr booted (boot.json)
+        self.ctr_sh("microvm", "run", "--name", "probe", "--isolation", "hyperv", "--driver", "microvm",
+                    img, "/bin/true")
+        cdir = next(p.parent for p in (self.tmp / "ctr-microvm" / "containers").glob("*/microvm.json"))
+        argv, env, before, after = self.raw_qemu(cdir)
+        self.ctr_sh("microvm", "rm", "probe")
+        cs = [
+            Contender(labels[0], [*self.ctr, "run", "--rm", "--isolation", "hyperv", "--driver", "microvm",
+                                  img, "/bin/true"], self.ctr_env("microvm"), ours=True),
+            Contender(labels[1], argv, env, before=before, after=after),
+        ]
+        return Case("microvm", title, cs, target, notes=[
+            "ctr: the whole command — start-up, store, overlay mount, the helper, the per-run initrd, "
+            "qemu with socket ports, streaming the output, the exit code, removing the container",
+            "raw qemu: qemu-system-x86_64 alone, its argv built by ctr.qemu (plan_boot/qemu_command) from "
+            "the boot ctr recorded: same kernel, initramfs + run.conf, machine, accelerator, memory, cpus, "
+            "kernel command line; the ports go to files (status checked: `exit 0`) and the 9p root is the "
+            "image's tree itself, not an overlay over it",
+        ], memory=False)
+
+    def raw_qemu(self, cdir: Path):
+        """argv, env, before, after for booting, with qemu alone, the guest the microvm container
+        in `cdir` booted (its vm/boot.json), on the image's own tree."""
+        from ctr.qemu import Kernel, base_initramfs, qemu_command
+        from ctr.qemu.initramfs import write_initrd
+        from ctr.qemu.machine import Port
+        from ctr.qemu.run import BOOT_RECORD, QEMU_ENV, ROOT_TAG, load_plan
+
+        spec = json.loads((cdir / "microvm.json").read_text())
+        plan = load_plan(cdir / "vm" / BOOT_RECORD)
+        k = spec["kernel"]
+        kernel = Kernel(Path(k["image"]), Path(k["modules"]) if k["modules"] else None, k["release"])
+        base = base_initramfs(kernel, cache_dir=spec["initramfs_cache"])  # the cached one ctr used
+        peer = self.tmp / "raw-qemu"
+        peer.mkdir()
+        machine = dataclasses.replace(
+            plan.spec, initrd=peer / "initrd.cpio", console_log=peer / "console.log",
+            shares=tuple(dataclasses.replace(s, path=self.base_rootfs()) if s.tag == ROOT_TAG else s
+                         for s in plan.spec.shares),
+            ports=tuple(Port(p.name, f"file,path={peer / p.name}") for p in plan.spec.ports))
+        write_initrd(base, plan.guest, machine.initrd)
+        status = peer / "ctr.status"
+
+        def before() -> None:
+            status.unlink(missing_ok=True)
+
+        def after() -> None:
+            said = status.read_text() if status.exists() else ""
+            if "exit 0" not in said:
+                tail = (peer / "console.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"the guest did not report exit 0 (status {said!r}, console {tail})")
+
+        return qemu_command(machine), dict(QEMU_ENV), before, after
+
     def _changed_container(self, store: str, image: str, name: str, script: str) -> None:
         self.ctr_sh(store, "run", "--name", name, image, "/bin/sh", "-c", script)
         if not self.podman_skip:
@@ -500,7 +601,7 @@ class Suite:
         ], notes=["each run is followed (untimed) by removing what it made and sync(2), so write-back "
                   "of one run does not land in the next one's time"], memory=False)
 
-    CASES = ("startup", "run", "hyperv", "diff", "diff10k", "ps200", "import")
+    CASES = ("startup", "run", "hyperv", "microvm", "diff", "diff10k", "ps200", "import")
 
     # --- measuring -------------------------------------------------------------------------
     def add_baseline(self, case: Case) -> None:
@@ -519,49 +620,66 @@ class Suite:
     def measure(self, case: Case) -> None:
         self.add_baseline(case)
         iters = self.sizes.iterations.get(case.name, 1) if not self.args.iterations else self.args.iterations
-        active = [c for c in case.contenders if c.skip is None]
-        for c in case.contenders:
-            if c.skip:
-                log(f"  skip {c.label}: {c.skip}")
         warmup = 0 if case.name == "import" else self.sizes.warmup  # seconds-long runs need none
-        for i in range(-warmup, iters):
-            order = active if i % 2 == 0 else list(reversed(active))
-            for c in order:
-                if c.error:
-                    continue
-                try:
-                    if c.before:
-                        c.before()
-                    ms, code, err = self.run(c.argv, c.env or self.env)
-                    if c.after:
-                        c.after()
-                except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-                    ms, code, err = 0.0, -1, str(e)
-                if code != 0:
-                    reason = f"exit {code}: {err}"
-                    if c.ours:
-                        c.error = reason
-                    else:
-                        c.skip = f"failed here ({reason})"
-                        active = [x for x in active if x is not c]
-                    log(f"  {'ERROR' if c.ours else 'skip'} {c.label}: {reason}")
-                    continue
-                if i >= 0:
-                    c.times.append(ms)
-        if case.memory:
-            for c in active:
-                if c.error or c.skip:
-                    continue
-                try:
-                    if c.before:
-                        c.before()
-                    rss = self.run.peak_rss(c.argv, c.env or self.env)
-                    if c.after:
-                        c.after()
-                except (OSError, RuntimeError, subprocess.TimeoutExpired):
-                    rss = None
-                if rss is not None:
-                    c.rss.append(rss)
+        measure(case.contenders, iters, warmup, self.run, self.env, memory=case.memory)
+
+
+def measure(contenders: list[Contender], iterations: int, warmup: int, run: Runner,
+            env: dict[str, str] | None = None, memory: bool = True) -> None:
+    """The timing loop (bench/spinup.py and bench/vm.py use it too): `warmup` untimed rounds,
+    then `iterations` timed ones, every contender once a round, the order reversed on every
+    other round; a contender's `then` commands run after its argv and count in its time.
+    A failing ctr command (`ours`) is an error, a failing peer is skipped from then on.
+    With `memory`, one more untimed run of each under GNU time gives its peak RSS."""
+    active = [c for c in contenders if c.skip is None]
+    for c in contenders:
+        if c.skip:
+            log(f"  skip {c.label}: {c.skip}")
+    for i in range(-warmup, iterations):
+        order = active if i % 2 == 0 else list(reversed(active))
+        for c in order:
+            if c.error:
+                continue
+            parts: list[float] = []
+            try:
+                if c.before:
+                    c.before()
+                for argv in [c.argv, *c.then]:
+                    ms, code, err = run(argv, c.env or env)
+                    parts.append(ms)
+                    if code != 0:
+                        break
+                if c.after and code == 0:
+                    c.after()
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+                code, err = -1, str(e)
+            if code != 0:
+                reason = f"exit {code}: {err}"
+                if c.ours:
+                    c.error = reason
+                else:
+                    c.skip = f"failed here ({reason})"
+                    active = [x for x in active if x is not c]
+                log(f"  {'ERROR' if c.ours else 'skip'} {c.label}: {reason}")
+                continue
+            if i >= 0:
+                c.times.append(sum(parts))
+                if c.then:
+                    c.parts.append(parts)
+    if memory:
+        for c in active:
+            if c.error or c.skip:
+                continue
+            try:
+                if c.before:
+                    c.before()
+                rss = run.peak_rss(c.argv, c.env or env)
+                if c.after:
+                    c.after()
+            except (OSError, RuntimeError, subprocess.TimeoutExpired):
+                rss = None
+            if rss is not None:
+                c.rss.append(rss)
 
 
 def fmt_ms(v: float | None) -> str:
@@ -633,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "interpreter), e.g. 'python3 -m ctr'")
     ap.add_argument("--baseline", help="another ctr command line measured beside each ctr figure, e.g. a "
                                        "checkout of the previous commit: before/after under the same load")
+    ap.add_argument("--kernel", help="guest kernel for the microvm case (default: $CTR_KERNEL, else the newest "
+                                     "in $CTR_TEST_KERNEL_DIR or /var/cache/ctr-test-kernel)")
     ap.add_argument("--tmp", help="where the temporary state directory goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--out", help="JSON file to write (default: bench/results/<date>[-quick].json)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -646,6 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         log(f"no case matches {wanted}; cases: {', '.join(Suite.CASES)}")
         return 2
+    if args.quick and "microvm" in names and not wanted:
+        why = microvm_unavailable(args.kernel)
+        if why:  # the CI smoke boots a VM only where one can boot
+            log(f"microvm: left out: {why}")
+            names.remove("microvm")
     if not BUSYBOX:
         log("needs busybox (apt-get install busybox-static)")
         return 2

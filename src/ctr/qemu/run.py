@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import re
 import selectors
@@ -198,6 +199,30 @@ def plan_boot(
     return BootPlan(spec, guest)
 
 
+BOOT_RECORD = "boot.json"  # in a caller's run_dir: the plan of the last boot (`load_plan`)
+
+
+def save_plan(plan: BootPlan, path: Path) -> None:
+    """Record `plan` as JSON (what ran, for diagnosis, and for a benchmark to boot the same)."""
+    data = {"machine": dataclasses.asdict(plan.spec), "guest": dataclasses.asdict(plan.guest)}
+    Path(path).write_text(json.dumps(data, default=str, indent=1) + "\n")
+
+
+def load_plan(path: Path) -> BootPlan:
+    """The plan `save_plan` recorded."""
+    data = json.loads(Path(path).read_text())
+    m, g = dict(data["machine"]), dict(data["guest"])
+    for k in ("kernel", "initrd", "disk", "console_log"):
+        m[k] = None if m[k] is None else Path(m[k])
+    m["shares"] = tuple(Share(s["tag"], Path(s["path"]), s["readonly"], s["security_model"])
+                        for s in m["shares"])
+    m["ports"] = tuple(Port(**x) for x in m["ports"])
+    m["extra_args"] = tuple(m["extra_args"])
+    g.update(argv=tuple(g["argv"]), env=tuple(tuple(e) for e in g["env"]),
+             volumes=tuple(Volume(**v) for v in g["volumes"]), modules=tuple(g["modules"]))
+    return BootPlan(MachineSpec(**m), GuestConfig(**g))
+
+
 def boot_and_run(
     guest: GuestConfig,
     *,
@@ -230,8 +255,8 @@ def boot_and_run(
     by qemu on a listening unix socket the caller bound (for later clients: a `ctr exec`
     into a microvm container).  `stdout`/`stderr` take an fd or a binary file
     object (None discards); `stdin` (fd or binary file) is forwarded to the command, else
-    it reads /dev/null.  `run_dir` keeps `console.log` and `qemu.log` (else a temporary
-    directory is used and removed).  `guest.modules` defaults to what the machine needs.
+    it reads /dev/null.  `run_dir` keeps `console.log`, `qemu.log` and `boot.json` (the plan
+    that booted, `load_plan`) (else a temporary directory is used and removed).  `guest.modules` defaults to what the machine needs.
 
     Two limits, each ending in a DriverError with qemu killed: `boot_timeout` until the
     guest's init reports that the command started (a hang or a paused qemu during boot),
@@ -264,6 +289,8 @@ def boot_and_run(
                          initrd=initrd, console_log=console)
         write_initrd(initramfs, plan.guest, initrd)
         argv = qemu_command(plan.spec)
+        if not own_dir:
+            save_plan(plan, rdir / BOOT_RECORD)
         start = time.monotonic()
         with open(qemu_log, "wb") as log:
             try:
