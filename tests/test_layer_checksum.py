@@ -16,7 +16,8 @@ import pytest
 from conftest import IS_ROOT, needs_busybox, needs_root
 from ctr.engine.check import MANIFEST_RECORD, TAR_RECORD, layer_record, layer_summary, tree_digest
 from ctr.images.extract import extract_tar
-from test_extract import OnlyRead, dev, dir_, fifo, hard, make_tar, reg, sym
+from test_extract import OnlyRead, dir_, fifo, hard, make_tar, reg, sym
+from test_hardening import _check
 
 OLD = 1_000_000_000
 BIG = bytes(range(256)) * 12_000  # ~3 MB: several read chunks
@@ -286,12 +287,6 @@ def _image(ctr, name: str) -> dict:
 def _layer_of(ctr, image: str, index: int = -1) -> tuple[Path, Path]:
     diff_id = _image(ctr, image)["layers"][index].split(":")[1]
     return ctr.root / "layers" / diff_id, ctr.root / "layers" / f"{diff_id}.json"
-
-
-def _check(ctr, *args):
-    r = ctr("system", "check", "--format", "json", *args)
-    assert r.code in (0, 1), r
-    return r.code, json.loads(r.out)
 
 
 @needs_root

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable
 from ctr import faults
 from ctr.drivers import get_driver
 from ctr.engine.containers import get_container, list_containers, remove_containers
-from ctr.engine.check import RECORD_VERSION, layer_record
+from ctr.engine.check import TAR_RECORD, layer_summary
 from ctr.engine.context import Context
 from ctr.engine.images import ImportReport, _move_name, _names, _tree_size, get_image, normalise_name
 from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument
@@ -92,8 +92,9 @@ def commit(ctx: Context, opts: CommitOptions, progress: Callable[[int], None] | 
             if missing:
                 raise Conflict(f"image {parent.short_id} lost layer {short(missing[0])} while committing",
                                hint="it was removed meanwhile; import it again")
-            # the layer's tar was written canonically, so its tree checksum is its diff id
-            layer_new = store.install_layer(diff_id, dest, {"version": RECORD_VERSION, "tree": diff_id})
+            # the layer's tar was written canonically, so its tree checksum (version 1) is its
+            # diff id: nothing to compute (engine/check.py)
+            layer_new = store.install_layer(diff_id, dest, {"version": TAR_RECORD, "tree": diff_id})
             faults.point("commit.installed")
             image = Image(
                 id=image_id, names=[], layers=layers, config=config, created=created,
@@ -130,7 +131,7 @@ def _build_layer(produce, dest: Path, progress: Callable[[int], None] | None = N
     summary: list[lt.TarSummary] = []
     with lt.tar_pipe(lambda out: summary.append(produce(out))) as stream:
         reader = HashingReader(_Counting(stream, progress) if progress else stream)  # type: ignore[arg-type]
-        result = extract_tar(reader, dest, whiteouts="overlay")
+        result = extract_tar(reader, dest, whiteouts="overlay", digests=False)  # version 1 record
         reader.drain()
     notes = (summary[0].skipped if summary else []) + result.skipped
     return reader.digest, notes
@@ -436,7 +437,8 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None,
                 if n not in names:
                     names.append(n)
         built: dict[str, Path] = {}
-        entries = 0
+        records: dict[str, dict] = {}
+        entries = size = 0
         for layer in bundle.layers:
             if layer.diff_id in built or store.has_layer(layer.diff_id):
                 if not src.has(layer.path):
@@ -448,9 +450,10 @@ def import_bundle(ctx: Context, probe: "oci.Probe", name: str | None,
             entries += result.entries
             skipped += result.skipped
             built[layer.diff_id] = dest
+            # its checksum record and size from one walk (contents hashed while extracting)
+            records[layer.diff_id], layer_size = layer_summary(dest, result.digests)
+            size += layer_size
         image_id = bundle.config_digest
-        size = sum(_tree_size(p) for p in built.values())
-        records = {d: layer_record(p) for d, p in built.items()}
         faults.point("import.layer")
         with store.locked():
             gone = [d for d in bundle.diff_ids if d not in built and not store.has_layer(d)]
