@@ -3,7 +3,7 @@
 Layer checksums. A layer's diff id is the sha256 of the tar it came from; for an imported
 layer that tar is gone (its member order, owner names, sub-second times are not kept), so
 the diff id cannot be recomputed from the tree. Instead, when a layer is installed, ctr
-records a checksum of its tree in `layers/<hex>.json` (`layer_record()`), and `check`
+records a checksum of its tree in `layers/<hex>.json` (`layer_summary()`), and `check`
 computes it again and compares. Two versions:
 
 - **version 2, the manifest** (written by `image import`, for a root filesystem and for each
@@ -66,7 +66,6 @@ from ctr.store.store import _pid_alive
 
 TAR_RECORD = 1  # the sha256 of the canonical layer tar (commit: the diff id)
 MANIFEST_RECORD = 2  # the sha256 of the manifest (import)
-RECORD_VERSION = TAR_RECORD  # the name older callers (commit) gave the version they write
 
 
 class _HashSink:
