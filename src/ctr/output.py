@@ -8,14 +8,13 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager
 
 from ctr.models import parse_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from datetime import datetime
-    from typing import Any, Iterable, Iterator, Sequence, TextIO
+    from typing import Any, ContextManager, Iterable, Iterator, Sequence, TextIO
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -330,9 +329,8 @@ def progress_enabled(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-@contextmanager
 def progress(total: float | None, description: str, *, unit: str = "", quiet: bool = False,
-             stream: TextIO | None = None) -> Iterator[_NoProgress]:
+             stream: TextIO | None = None) -> ContextManager[_NoProgress]:
     """A progress bar on stderr for long work (import, export, commit, VM disk creation):
 
         with output.progress(total_bytes, "Importing layer") as p:
@@ -342,7 +340,13 @@ def progress(total: float | None, description: str, *, unit: str = "", quiet: bo
     `total=None` draws a spinner; `unit="bytes"` shows sizes, else "done/total". When stderr is not a terminal, or `quiet`, or
     `CTR_NO_PROGRESS` is set, nothing is drawn and rich is not even imported. The bar is
     removed when the work ends, so only the command's own output stays on the screen."""
-    stream = stream or sys.stderr
+    from contextlib import contextmanager  # (here: `ps`, `run` and `rm` draw no progress)
+
+    return contextmanager(_progress)(total, description, unit, quiet, stream or sys.stderr)
+
+
+def _progress(total: float | None, description: str, unit: str, quiet: bool,
+              stream: TextIO) -> Iterator[_NoProgress]:
     if quiet or not progress_enabled(stream):
         yield _NoProgress()
         return

@@ -7,14 +7,13 @@ import fcntl
 import json
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from ctr.errors import StoreError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterator
+    from typing import Any
 
 LOCK_TIMEOUT = float(os.environ.get("CTR_LOCK_TIMEOUT", "60"))
 
@@ -56,29 +55,40 @@ def read_json(path: Path) -> Any:
         raise err from e
 
 
-@contextmanager
-def flock(path: Path, exclusive: bool = True, timeout: float | None = None) -> Iterator[None]:
-    """Hold an flock on `path`, waiting at most `timeout` seconds with a clear error."""
-    timeout = LOCK_TIMEOUT if timeout is None else timeout
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"the state directory is busy: another ctr held {path.name} for {timeout:g}s",
-                        hint="wait for the other ctr to finish, or raise CTR_LOCK_TIMEOUT",
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        yield
-    finally:
-        os.close(fd)
+class flock:
+    """`with flock(path):` holds an flock on `path`, waiting at most `timeout` seconds with a
+    clear error. (A class, not a contextlib generator: importing contextlib costs every
+    command that locks ~0.7 ms.)"""
+
+    def __init__(self, path: Path, exclusive: bool = True, timeout: float | None = None):
+        self.path, self.exclusive = path, exclusive
+        self.timeout = LOCK_TIMEOUT if timeout is None else timeout
+        self.fds: list[int] = []  # (one per `with` entered and not yet left)
+
+    def __enter__(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+            deadline = time.monotonic() + self.timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"the state directory is busy: another ctr held {self.path.name} for {self.timeout:g}s",
+                            hint="wait for the other ctr to finish, or raise CTR_LOCK_TIMEOUT",
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fds.append(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fds.pop())

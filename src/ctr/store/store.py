@@ -23,16 +23,11 @@ from __future__ import annotations
 
 import os
 import stat as _stat
-from contextlib import contextmanager
 from pathlib import Path
 
 from ctr import faults
 from ctr.errors import StoreError
 from ctr.store.records import flock, read_json, write_json
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Iterator
 
 STORE_VERSION = 1
 
@@ -149,11 +144,10 @@ class Store:
             swept.append(e.name)
         return swept
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive lock around a change to records (creation, rename, removal)."""
-        with flock(self.lock_path):
-            yield
+    def locked(self) -> flock:
+        """`with store.locked():` an exclusive lock around a change to records (creation,
+        rename, removal)."""
+        return flock(self.lock_path)
 
     def new_tmp(self, tag: str, directory: bool = True) -> Path:
         """A fresh path under tmp/, owned by this process until renamed into place."""
