@@ -214,8 +214,8 @@ def test_a_running_neighbour_is_invisible(env, hv):
                  "echo neighbour-secret > /secret; exec sleep 300").strip()
     try:
         info = json.loads(ctr.ok("inspect", cid))[0]
-        upper = Path(info["paths"]["dir"]) / "upper"
-        host_pid = info["pid"]
+        upper = Path(info["StaticDir"]) / "upper"
+        host_pid = info["State"]["Pid"]
         script = (f"kill -0 {host_pid} && echo SIGNALLED; "
                   f"cat /proc/*/root/secret /proc/*/root{upper}/secret 2>/dev/null; "
                   f"cat /proc/[0-9]*/cmdline | tr '\\0' ' ' | grep -c 'slee[p] 300'; "

@@ -177,25 +177,25 @@ def test_ps_template(ctr, populated):
 # ----------------------------------------------------------------------------- inspect, refs
 def test_inspect(ctr, populated):
     (rec,) = json.loads(ctr.ok("inspect", "fail3"))
-    assert HEX64.fullmatch(rec["id"])
-    assert rec["name"] == "fail3"
-    assert rec["state"] == "exited" and rec["exit_code"] == 3
-    assert rec["driver"] == "copy" and rec["isolation"] == "process"
-    assert rec["image"] == json.loads(ctr.ok("image", "inspect", "bb"))[0]["Id"]
-    assert rec["config"]["command"] == ["sh", "-c", "exit 3"]
-    for key in ("created", "started", "finished"):
-        assert datetime.fromisoformat(rec[key]).tzinfo is not None, key
-    assert rec["paths"]["dir"] == str(ctr.root / "containers" / rec["id"])
-    assert rec["driver_info"]["cannot_capture"], "the copy driver must say what it cannot capture"
+    assert HEX64.fullmatch(rec["Id"])
+    assert rec["Name"] == "fail3"
+    assert rec["State"]["Status"] == "exited" and rec["State"]["ExitCode"] == 3
+    assert rec["Driver"] == "copy" and rec["Isolation"] == rec["HostConfig"]["Isolation"] == "process"
+    assert rec["Image"] == json.loads(ctr.ok("image", "inspect", "bb"))[0]["Id"]
+    assert rec["Config"]["Cmd"] == ["sh", "-c", "exit 3"] and (rec["Path"], rec["Args"]) == ("sh", ["-c", "exit 3"])
+    for t in (rec["Created"], rec["State"]["StartedAt"], rec["State"]["FinishedAt"]):
+        assert datetime.fromisoformat(t).tzinfo is not None, t
+    assert rec["StaticDir"] == str(ctr.root / "containers" / rec["Id"])
+    assert rec["DriverInfo"]["cannot_capture"], "the copy driver must say what it cannot capture"
     recs = json.loads(ctr.ok("inspect", "ok0", "fail3", "live"))
-    assert [r["name"] for r in recs] == ["ok0", "fail3", "live"]
-    assert recs[2]["state"] == "running" and recs[2]["pid"] > 0
+    assert [r["Name"] for r in recs] == ["ok0", "fail3", "live"]
+    assert recs[2]["State"]["Status"] == "running" and recs[2]["State"]["Pid"] > 0
     # one bad reference: the good ones are still printed, exit 1, one error line
     r = ctr("inspect", "ok0", "nope")
     assert r.code == 1
-    assert [x["name"] for x in json.loads(r.out)] == ["ok0"]
+    assert [x["Name"] for x in json.loads(r.out)] == ["ok0"]
     assert_one_error(r, "nope")
-    assert ctr.ok("inspect", "--format", "{{.name}} {{.exit_code}}", "fail3") == "fail3 3\n"
+    assert ctr.ok("inspect", "-f", "{{.Name}} {{.State.ExitCode}}", "fail3") == "fail3 3\n"
 
 
 def _shortest_unique_prefix(ident: str, others: list[str]) -> str:
@@ -221,7 +221,7 @@ def test_references(ctr, busybox_image):
     prefix = _shortest_unique_prefix(target, ids)
     for ref in (target, names[target], prefix, target[:12]):
         (rec,) = json.loads(ctr.ok("inspect", ref))
-        assert rec["id"] == target, ref
+        assert rec["Id"] == target, ref
     assert ctr.ok("diff", prefix) == ""
     r = ctr("inspect", dup)
     assert r.code == 1, r
@@ -245,9 +245,9 @@ def test_name_before_prefix(ctr, busybox_image):
     # a container named like the other's id prefix: the name wins (docker's order)
     ctr.ok("run", "--name", other[:6], busybox_image, "true")
     (rec,) = json.loads(ctr.ok("inspect", other[:6]))
-    assert rec["name"] == other[:6] and rec["id"] != other
+    assert rec["Name"] == other[:6] and rec["Id"] != other
     (rec,) = json.loads(ctr.ok("inspect", other[:7]))
-    assert rec["id"] == other
+    assert rec["Id"] == other
 
 
 def test_rm_carries_on(ctr, busybox_image):
@@ -404,8 +404,8 @@ def test_image_ls_inspect(ctr, busybox_image):
     assert row.split()[1] == "latest"
     (img,) = json.loads(ctr.ok("image", "inspect", "bb"))
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", img["Id"])
-    assert img["Names"] == ["bb:latest"]
-    assert len(img["Layers"]) == 1 and img["Layers"][0].startswith("sha256:")
+    assert img["RepoTags"] == ["bb:latest"]
+    assert len(img["RootFS"]["Layers"]) == 1 and img["RootFS"]["Layers"][0].startswith("sha256:")
     assert isinstance(img["Size"], int) and img["Size"] > 100_000  # busybox itself
     assert datetime.fromisoformat(img["Created"]).tzinfo is not None
     hexid = img["Id"].split(":", 1)[1]
@@ -422,7 +422,7 @@ def test_image_rm(ctr, busybox_image, rootfs):
     # a second name on the same image: rm of a name only untags it
     assert ctr.ok("image", "import", str(rootfs), "other").strip() == img["Id"]
     assert ctr.ok("image", "rm", "other") == "Untagged: other:latest\n"
-    assert json.loads(ctr.ok("image", "inspect", "bb"))[0]["Names"] == ["bb:latest"]
+    assert json.loads(ctr.ok("image", "inspect", "bb"))[0]["RepoTags"] == ["bb:latest"]
 
     ctr.ok("run", "--name", "user1", busybox_image, "true")
     ctr.ok("run", "--name", "user2", "--driver", "copy", busybox_image, "true")

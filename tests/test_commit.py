@@ -157,7 +157,7 @@ def test_commit_grid_leaves_no_litter(commit_grid):
 def test_committed_images_record_their_parent(commit_grid):
     ctr = commit_grid["ctr"]
     grid_id = json.loads(ctr.ok("image", "inspect", "grid"))[0]["Id"]
-    grid_layers = json.loads(ctr.ok("image", "inspect", "grid"))[0]["Layers"]
+    grid_layers = json.loads(ctr.ok("image", "inspect", "grid"))[0]["RootFS"]["Layers"]
     res = commit_grid["results"][("add", commit_grid["drivers"][0])]
     rec = json.loads((ctr.root / "images" / (res["image_id"].split(":")[1] + ".json")).read_text())
     assert rec["parent"] == grid_id
@@ -184,7 +184,7 @@ def test_commit_on_commit_stacks_layers_and_whiteouts(ctr, bb, driver):
             f"echo g2 > /etc/group && mkdir /data/tree && echo new > /data/tree/n && rm /data/one && {LISTING}")
     assert r.code == 0, r
     ctr.ok("commit", "c2", "step2")
-    layers = json.loads(ctr.ok("image", "inspect", "step2"))[0]["Layers"]
+    layers = json.loads(ctr.ok("image", "inspect", "step2"))[0]["RootFS"]["Layers"]
     assert len(layers) == 3
     after = view_of(ctr, "step2", driver)
     assert diff_views(parse_listing(r.out), after) == []
@@ -208,12 +208,12 @@ def test_commit_sets_config_from_changes_and_keeps_the_parents(ctr, bb):
     assert rec["comment"] == "second" and rec["author"] == "Jane <jane@example.com>"
     assert rec["parent"] == json.loads(ctr.ok("image", "inspect", "base1"))[0]["Id"]
     # a run-time -e is the container's, not the image's
-    assert "RUNTIME=x" not in img["Config"]["env"]
+    assert "RUNTIME=x" not in img["Config"]["Env"]
 
 
 def test_commit_without_a_name_and_by_id(ctr, bb):
     ctr.ok("run", "--name", "c", bb, "true")
-    cid = json.loads(ctr.ok("inspect", "c"))[0]["id"]
+    cid = json.loads(ctr.ok("inspect", "c"))[0]["Id"]
     iid = ctr.ok("commit", cid[:10]).strip()
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", iid)
     ls = json.loads(ctr.ok("image", "ls", "--format", "json"))
@@ -256,7 +256,7 @@ def test_commit_layer_diff_id_survives_image_export(ctr, bb, tmp_path):
            "rm -rf /data/redir && mkdir /data/redir && echo n > /data/redir/n && rm /data/del.txt "
            "&& ln /data/file.txt /data/hard && ln -s x /data/sym && mkfifo /data/p")
     ctr.ok("commit", "c", "out")
-    layers = json.loads(ctr.ok("image", "inspect", "out"))[0]["Layers"]
+    layers = json.loads(ctr.ok("image", "inspect", "out"))[0]["RootFS"]["Layers"]
     ctr.ok("image", "export", "out", "-o", str(tmp_path / "out.tar"))
     with tarfile.open(tmp_path / "out.tar") as t:
         index = json.load(t.extractfile("index.json"))
@@ -384,7 +384,7 @@ def _start_running(ctr: Ctr, image: str, name: str) -> subprocess.Popen:
 def test_prune_removes_only_stopped_containers(ctr, bb):
     ctr.ok("run", "--name", "s1", bb, "sh", "-c", "dd if=/dev/zero of=/data/big bs=64k count=16 2>/dev/null")
     ctr.ok("run", "--name", "s2", "--driver", "copy", bb, "true")
-    ids = {n: json.loads(ctr.ok("inspect", n))[0]["id"] for n in ("s1", "s2")}
+    ids = {n: json.loads(ctr.ok("inspect", n))[0]["Id"] for n in ("s1", "s2")}
     runner = _start_running(ctr, bb, "live")
     try:
         r = ctr("container", "prune", "-f")
@@ -455,7 +455,7 @@ def test_prune_filter_until(ctr, bb):
     ctr.ok("run", "--name", "new", bb, "true")
     assert "Deleted" not in ctr.ok("container", "prune", "-f", "--filter", "until=1h")
     r = ctr.ok("container", "prune", "-f", "--filter", "until=" + cut.isoformat().replace("+00:00", "Z"))
-    assert json.loads(ctr.ok("inspect", "new"))[0]["name"] == "new"
+    assert json.loads(ctr.ok("inspect", "new"))[0]["Name"] == "new"
     assert ctr("inspect", "old").code == 1
     assert len(r.splitlines()) == 4
     r = ctr("container", "prune", "-f", "--filter", "until=yesterday")

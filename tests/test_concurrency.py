@@ -240,7 +240,7 @@ def test_concurrent_commits_and_imports(ctr, busybox_image, tmp_path):
     assert len(same) == 1 and len(same[0]["Names"]) >= 4, "one root filesystem is one image"
     for i in range(6):
         assert ctr.ok("run", "--rm", f"com{i}:1", "cat", "/mine") == f"{i}\n"
-    (layer,) = json.loads(ctr.ok("image", "inspect", "other1:1"))[0]["Layers"]
+    (layer,) = json.loads(ctr.ok("image", "inspect", "other1:1"))[0]["RootFS"]["Layers"]
     assert (ctr.root / "layers" / layer.split(":")[1] / "etc" / "which").read_text() == "extra1\n"
     assert ctr("system", "check").code == 0
     ctr.ok("rm", *[f"c{i}" for i in range(6)])

@@ -147,7 +147,7 @@ def grid(tmp_path_factory):
     rootfs = make_rootfs(base / "rootfs")
     add_data_tree(rootfs)
     ctr.ok("image", "import", str(rootfs), "grid")
-    layers = json.loads(ctr.ok("image", "inspect", "grid"))[0]["Layers"]
+    layers = json.loads(ctr.ok("image", "inspect", "grid"))[0]["RootFS"]["Layers"]
     assert len(layers) == 1
     layer_dir = ctr.root / "layers" / layers[0].split(":", 1)[1]
     assert layer_dir.is_dir(), "layer directory not where the store layout says"
@@ -260,7 +260,7 @@ def test_rm_removes_every_byte_written(ctr, busybox_image):
         ctr.ok("run", "--name", f"big-{driver}", "--driver", driver, busybox_image, "sh", "-c",
                "mkdir -p /w/a/b && dd if=/dev/zero of=/w/a/b/blob bs=64k count=16 2>/dev/null"
                " && echo marker-xyzzy > /w/m && rm -rf /etc")
-        cdir = ctr.root / "containers" / json.loads(ctr.ok("inspect", f"big-{driver}"))[0]["id"]
+        cdir = ctr.root / "containers" / json.loads(ctr.ok("inspect", f"big-{driver}"))[0]["Id"]
         assert cdir.is_dir()
         ctr.ok("rm", f"big-{driver}")
         assert not cdir.exists()

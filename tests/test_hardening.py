@@ -170,7 +170,7 @@ def test_no_descriptor_reaches_the_workload(ctr, busybox_image, canary, isolatio
         # detached (through the monitor), and a session joined with exec
         code, out, err = run("run", "-d", "--name", "d", "--isolation", isolation, busybox_image, "sleep", "60")
         assert code == 0, err
-        pid = json.loads(ctr.ok("inspect", "d"))[0]["pid"]
+        pid = json.loads(ctr.ok("inspect", "d"))[0]["State"]["Pid"]
         if isolation == "process":  # the workload's own descriptors, seen from the host
             assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
             code, out, err = run("exec", "d", "ls", "/proc/self/fd")
@@ -224,7 +224,7 @@ def test_store_root_mode_is_checked_and_repaired(ctr, busybox_image):
 @needs_root
 @needs_busybox
 def test_check_finds_a_changed_layer_and_names_its_images(ctr, busybox_image):
-    layer = ctr.root / "layers" / json.loads(ctr.ok("image", "inspect", "bb"))[0]["Layers"][0].split(":")[1]
+    layer = ctr.root / "layers" / json.loads(ctr.ok("image", "inspect", "bb"))[0]["RootFS"]["Layers"][0].split(":")[1]
     passwd = layer / "etc" / "passwd"
     original = passwd.read_bytes()
     passwd.write_bytes(original + b"intruder:x:0:0::/:/bin/sh\n")
@@ -262,11 +262,11 @@ def test_check_repairs_what_crashes_and_old_versions_leave(ctr, busybox_image, r
     (root / "layers" / ("ab" * 32 + ".json")).write_text('{"version": 1, "tree": "sha256:00"}')
     # a container directory without a record, a corrupt record, one left `removing`
     (root / "containers" / ("cd" * 32) / "upper").mkdir(parents=True)
-    half = json.loads(ctr.ok("inspect", "half"))[0]["id"]
+    half = json.loads(ctr.ok("inspect", "half"))[0]["Id"]
     rec = root / "containers" / half / "container.json"
     rec.write_text(rec.read_text().replace('"state": "exited"', '"state": "removing"'))
     ctr.ok("run", "--name", "broken", busybox_image, "true")
-    broken = json.loads(ctr.ok("inspect", "broken"))[0]["id"]
+    broken = json.loads(ctr.ok("inspect", "broken"))[0]["Id"]
     (root / "containers" / broken / "container.json").write_text('{"id": ')
     # an image whose layer is gone, an image record that cannot be read, a temp record of a dead pid
     (root / "images" / ("ef" * 32 + ".json")).write_text(json.dumps({

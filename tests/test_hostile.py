@@ -173,7 +173,7 @@ def imported(ctr: Ctr, source, name: str = "good", env: dict | None = None):
 
 def layer_dirs(ctr: Ctr, name: str) -> list[Path]:
     info = json.loads(ctr.ok("image", "inspect", name))[0]
-    return [ctr.root / "layers" / d.split(":", 1)[1] for d in info["Layers"]]
+    return [ctr.root / "layers" / d.split(":", 1)[1] for d in info["RootFS"]["Layers"]]
 
 
 def no_overlay_xattrs(top: Path, allowed: set[str] = frozenset()) -> None:

@@ -69,7 +69,9 @@ class Life:
 
     def record(self, ref: str) -> dict:
         rec = json.loads(self.ok("inspect", ref))[0]
-        self.track(rec)
+        p = rec["Process"]  # the recorded processes, kept after the exit
+        self.track({"pid": p["Pid"], "pid_start": p["PidStart"], "monitor_pid": p["MonitorPid"],
+                    "monitor_start": p["MonitorStart"]})
         return rec
 
     def track(self, rec: dict) -> None:
@@ -96,7 +98,7 @@ class Life:
         raise AssertionError(f"timed out waiting for {what}")
 
     def state(self, ref: str) -> str:
-        return self.ok("inspect", "--format", "{{.state}}", ref).strip()
+        return self.ok("inspect", "--format", "{{.State.Status}}", ref).strip()
 
     def kill_all(self) -> None:
         for pid, st in self.pids.items():
@@ -131,8 +133,8 @@ def test_detach_round_trip(life):
                      'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.1; done', name="web")
     assert time.monotonic() - t < 10
     rec = life.record("web")
-    assert rec["state"] == "running" and rec["id"] == cid
-    assert alive(rec["pid"]) and alive(rec["monitor_pid"])
+    assert rec["State"]["Status"] == "running" and rec["Id"] == cid
+    assert alive(rec["Process"]["Pid"]) and alive(rec["Process"]["MonitorPid"])
     assert life.ok("ps", "-q", "--no-trunc").split() == [cid]
     ps = json.loads(life.ok("ps", "--format", "json"))
     assert ps[0]["State"] == "running"
@@ -170,9 +172,9 @@ def test_detach_round_trip(life):
     # stop: SIGTERM is enough for sh; 143 recorded; the monitor is gone and nothing is left
     assert life.ok("stop", "web") == "web\n"
     rec = life.record("web")
-    assert rec["state"] == "exited" and rec["exit_code"] == 143
-    life.wait_for(lambda: not alive(rec["monitor_pid"]), what="the monitor to exit")
-    assert container_pids(cid) == [] and not alive(rec["pid"])
+    assert rec["State"]["Status"] == "exited" and rec["State"]["ExitCode"] == 143
+    life.wait_for(lambda: not alive(rec["Process"]["MonitorPid"]), what="the monitor to exit")
+    assert container_pids(cid) == [] and not alive(rec["Process"]["Pid"])
     assert life.ok("stop", "web") == "web\n"  # stopping a stopped container is fine
     r = life("exec", "web", "true")
     assert r.code == 125
@@ -181,11 +183,11 @@ def test_detach_round_trip(life):
     # start: the same writable layer, the record goes exited -> running, the log grows
     assert life.ok("start", "web") == "web\n"
     rec2 = life.record("web")
-    assert rec2["state"] == "running" and rec2["exit_code"] is None and rec2["pid"] != rec["pid"]
+    assert rec2["State"]["Status"] == "running" and rec2["State"]["ExitCode"] == 0 and rec2["Process"]["Pid"] != rec["Process"]["Pid"]
     assert life.ok("exec", "web", "cat", "/root/exec-made") == "from-exec\n"
     life.wait_for(lambda: life.ok("logs", "web").count("hello\n") == 2, what="a second hello")
     assert life.ok("start", "web") == "web\n"  # already running: left alone
-    assert life.record("web")["pid"] == rec2["pid"]
+    assert life.record("web")["Process"]["Pid"] == rec2["Process"]["Pid"]
 
     # wait prints the code once it stops
     waiter = subprocess.Popen([sys.executable, "-m", "ctr", "wait", "web"], env=life.ctr.env,
@@ -215,8 +217,8 @@ def test_stop_kills_after_timeout(life):
     took = time.monotonic() - t
     assert 1.0 <= took < 8, took
     rec = life.record("stubborn")
-    assert (rec["state"], rec["exit_code"]) == ("exited", 137)
-    assert container_pids(rec["id"]) == []
+    assert (rec["State"]["Status"], rec["State"]["ExitCode"]) == ("exited", 137)
+    assert container_pids(rec["Id"]) == []
 
 
 def test_stop_time_zero_kills_at_once(life):
@@ -224,7 +226,7 @@ def test_stop_time_zero_kills_at_once(life):
     t = time.monotonic()
     life.ok("stop", "--time", "0", "s0")
     assert time.monotonic() - t < 5
-    assert life.record("s0")["exit_code"] == 137
+    assert life.record("s0")["State"]["ExitCode"] == 137
 
 
 def test_stop_ends_background_children_and_exec_sessions(life):
@@ -272,7 +274,7 @@ def test_logs_follow_until_exit(life):
 
 def test_logs_follow_streams_while_running(life):
     life.run_d("sh", "-c", "echo one; sleep 600", name="live")
-    pid = life.record("live")["pid"]
+    pid = life.record("live")["Process"]["Pid"]
     follower = subprocess.Popen([sys.executable, "-m", "ctr", "logs", "-f", "-n", "1", "live"], env=life.ctr.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -301,7 +303,7 @@ def test_long_lines_are_split_but_reassembled(life):
     assert life.ok("wait", "long") == "0\n"
     out = life.ok("logs", "long")
     assert out == "0123456789" * 5000 + "\n"
-    cid = life.record("long")["id"]
+    cid = life.record("long")["Id"]
     assert len((life.ctr.root / "containers" / cid / "log.jsonl").read_text().splitlines()) == 4  # 16 KiB pieces
 
 
@@ -316,8 +318,8 @@ def test_run_d_fails_as_run_does(life, opts, cmd, code, needle):
     assert r.code == code and r.out == ""
     assert_one_error(r, needle)
     rec = life.record("bad")
-    assert (rec["state"], rec["exit_code"]) == ("exited", code)
-    assert rec["error"]
+    assert (rec["State"]["Status"], rec["State"]["ExitCode"]) == ("exited", code)
+    assert rec["State"]["Error"]
     fg = life("run", "--driver", life.driver, *opts, life.image, *cmd)
     assert fg.code == code
     assert fg.err.splitlines()[0] == r.err.splitlines()[0]
@@ -357,8 +359,8 @@ def test_monitor_survives_its_shell_and_holds_nothing_of_it(life, tmp_path):
         shell.wait()
         time.sleep(0.2)
         rec = life.record("orphan")
-        assert rec["state"] == "running" and alive(rec["pid"]) and alive(rec["monitor_pid"])
-        mon = rec["monitor_pid"]
+        assert rec["State"]["Status"] == "running" and alive(rec["Process"]["Pid"]) and alive(rec["Process"]["MonitorPid"])
+        mon = rec["Process"]["MonitorPid"]
         # a session of its own (made by the intermediate child, which exited: the monitor is
         # not a session leader, so it can never acquire a controlling terminal)
         assert os.getsid(mon) not in (shell.pid, os.getsid(0), mon)
@@ -366,10 +368,10 @@ def test_monitor_survives_its_shell_and_holds_nothing_of_it(life, tmp_path):
         assert fds[0] == fds[1] == fds[2] == "/dev/null"
         assert str(tmp_path / "held") not in fds.values(), fds
         assert sorted(t.split(":")[0] for n, t in fds.items() if n > 2) == sorted(
-            [str(life.ctr.root / "containers" / rec["id"] / "log.jsonl"), "anon_inode", "mnt", "pipe", "pipe"]), fds
+            [str(life.ctr.root / "containers" / rec["Id"] / "log.jsonl"), "anon_inode", "mnt", "pipe", "pipe"]), fds
         assert os.readlink(f"/proc/{mon}/cwd") == "/"
         assert Path(f"/proc/{mon}/comm").read_text().strip() == "ctr-monitor"
-        assert Path(f"/proc/{rec['pid']}/status").read_text().count("PPid:\t%d\n" % mon) == 1
+        assert Path(f"/proc/{rec['Process']['Pid']}/status").read_text().count("PPid:\t%d\n" % mon) == 1
     finally:
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
@@ -387,18 +389,18 @@ def test_monitor_killed_is_reconciled(life, user):
     life.wait_for(lambda: len(container_pids(cid)) >= 2, what="two processes in the container")
     for p in container_pids(cid):
         life.pids.setdefault(p, start_time(p))
-    os.kill(rec["monitor_pid"], signal.SIGKILL)
-    life.wait_for(lambda: not alive(rec["monitor_pid"]), what="the monitor to die")
+    os.kill(rec["Process"]["MonitorPid"], signal.SIGKILL)
+    life.wait_for(lambda: not alive(rec["Process"]["MonitorPid"]), what="the monitor to die")
     assert life.ok("ps", "-q") == ""  # reconciled on this read
     rec = life.record("mk")
-    assert rec["state"] == "exited"
-    assert "monitor" in rec["error"] and str(rec["monitor_pid"]) in rec["error"]
-    assert rec["exit_code"] in (None, 137)
+    assert rec["State"]["Status"] == "exited"
+    assert "monitor" in rec["State"]["Error"] and str(rec["Process"]["MonitorPid"]) in rec["State"]["Error"]
+    assert rec["State"]["ExitCode"] in (None, 137)
     if user:  # setuid cleared the death signal: ctr killed it on the read
-        assert rec["exit_code"] == 137
+        assert rec["State"]["ExitCode"] == 137
     assert container_pids(cid) == []
     assert all(not alive(p) for p in life.pids)
-    assert life.ok("wait", "mk") == ("137\n" if rec["exit_code"] == 137 else "-1\n")
+    assert life.ok("wait", "mk") == ("137\n" if rec["State"]["ExitCode"] == 137 else "-1\n")
     assert life.ok("rm", "-f", "mk") == "mk\n"
     assert not (life.ctr.root / "containers" / cid).exists()
 
@@ -424,7 +426,7 @@ def test_start_attach_runs_in_the_foreground(life):
     r = life("start", "-a", "a")
     assert (r.code, r.out) == (5, "run 1\n")
     rec = life.record("a")
-    assert (rec["state"], rec["exit_code"], rec["monitor_pid"]) == ("exited", 5, None)
+    assert (rec["State"]["Status"], rec["State"]["ExitCode"], rec["Process"]["MonitorPid"]) == ("exited", 5, None)
     r = life("start", "-a", "a", "a")
     assert r.code == 2
     assert_one_error(r, "several")
@@ -476,7 +478,7 @@ def test_latest(life):
     cid = life.run_d("sh", "-c", "echo newest; sleep 100", name="newer")
     life.wait_for(lambda: life.ok("logs", "-l") == "newest\n", what="the newest's log")
     assert life.ok("exec", "-l", "sh", "-c", "echo $HOSTNAME") == cid[:12] + "\n"
-    assert json.loads(life.ok("inspect", "-l"))[0]["name"] == "newer"
+    assert json.loads(life.ok("inspect", "-l"))[0]["Name"] == "newer"
     assert life.ok("stop", "-l", "-t", "0") == cid + "\n"
     assert life.ok("wait", "-l") == "137\n"
     assert life.state("older") == "running"
@@ -537,7 +539,7 @@ def test_exec_into_hyperv_is_refused(ctr, busybox_image):
     cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "sandbox", busybox_image, "sleep", "100").strip()
     rec = json.loads(ctr.ok("inspect", cid))[0]
     try:
-        assert rec["state"] == "running"
+        assert rec["State"]["Status"] == "running"
         r = ctr("exec", cid, "true")
         assert r.code == 125
         assert_one_error(r, "not supported")

@@ -209,15 +209,15 @@ def _store_mounts(root: Path) -> list[str]:
 def _assert_gone(vm, name: str) -> dict:
     """The container is recorded exited, its qemu and helper are gone, nothing is mounted."""
     rec = _record(vm, name)
-    assert rec["state"] == "exited", rec
-    pidfile = Path(rec["paths"]["dir"]) / "vm" / "qemu.pid"
+    assert rec["State"]["Status"] == "exited", rec
+    pidfile = Path(rec["StaticDir"]) / "vm" / "qemu.pid"
     if pidfile.exists():
         from ctr import proc
 
         info = json.loads(pidfile.read_text())
         assert not proc.pid_alive(info["pid"], info["start"]), "qemu outlived the run"
         assert not proc.pid_alive(info["helper"], info["helper_start"]), "the helper outlived the run"
-    assert _processes_of(rec["id"]) == []
+    assert _processes_of(rec["Id"]) == []
     assert _store_mounts(vm["ctr"].root) == []
     return rec
 
@@ -269,13 +269,13 @@ def test_inside_the_vm(vm, tmp_path):
     assert (rw / "new").read_text() == "in-volume\n"
     # the write is in the container's writable layer, /tmp was private (as with process isolation)
     rec = _assert_gone(vm, "inside")
-    assert (Path(rec["paths"]["dir"]) / "upper" / "secret").read_text() == "secret\n"
+    assert (Path(rec["StaticDir"]) / "upper" / "secret").read_text() == "secret\n"
     # the mount points of -v and the -w directory are made in the layer, as process isolation does
     assert ctr.ok("diff", "inside").splitlines() == ["A /ro", "A /rw", "A /secret", "A /work"]
     ctr.ok("run", "--name", "inside-p", "-w", "/work", "-v", f"{rw}:/rw", "-v", f"{ro}:/ro:ro", "bb",
            "sh", "-c", "echo secret > /secret; echo scratch > /tmp/scratch")
     assert ctr.ok("diff", "inside") == ctr.ok("diff", "inside-p")
-    info = rec["driver_info"]
+    info = rec["DriverInfo"]
     assert info["emulated"] is False and vm["kernel"].release in info["kernel"]
     assert info["limits"]["memory"] == 1 << 30 and info["limits"]["cpus"] == 2
     assert info["accelerator"] in ("kvm", "tcg")
@@ -292,7 +292,7 @@ def test_memory_is_enforced_and_other_layers_are_out_of_reach(vm):
     ctr = vm["ctr"]
     ctr.ok("run", "--isolation", "hyperv", "--name", "other", "bb", "sh", "-c", "echo mine > /secret")
     other = _record(vm, "other")
-    upper = Path(other["paths"]["dir"]) / "upper"
+    upper = Path(other["StaticDir"]) / "upper"
     script = "; ".join([
         "echo mem=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)",
         f"for p in {ctr.root} {upper} {upper}/secret /secret; do test -e $p && echo reachable=$p; done",
@@ -302,8 +302,8 @@ def test_memory_is_enforced_and_other_layers_are_out_of_reach(vm):
     ])
     r = ctr("run", "--isolation", "hyperv", "--name", "small", "--memory", "128m", "bb", "sh", "-c", script)
     out = out_of(r)
-    assert _record(vm, "small")["driver"] == "microvm"  # selection: microvm first when usable
-    assert _record(vm, "other")["driver"] == "microvm"
+    assert _record(vm, "small")["Driver"] == "microvm"  # selection: microvm first when usable
+    assert _record(vm, "other")["Driver"] == "microvm"
     facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert "reachable" not in out and "mine" not in out and "secret" not in out, out
     assert 64 * 1024 < int(facts["mem"]) <= 128 * 1024
@@ -357,12 +357,12 @@ def test_detached_stop_logs_and_exec_refused(vm):
     ctr.ok("stop", "-t", "30", "bg")
     assert time.monotonic() - t < 25, "SIGTERM did not reach the workload in the guest"
     rec = _assert_gone(vm, "bg")
-    assert rec["exit_code"] == 143 and rec["id"] == cid
+    assert rec["State"]["ExitCode"] == 143 and rec["Id"] == cid
     ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "microvm", "--name", "bg2", "bb", "sleep", "300")
     rec = _record(vm, "bg2")
     ctr.ok("rm", "-f", "bg2")
     time.sleep(0.5)
-    assert _processes_of(rec["id"]) == [] and not Path(rec["paths"]["dir"]).exists()
+    assert _processes_of(rec["Id"]) == [] and not Path(rec["StaticDir"]).exists()
 
 
 def test_kernel_panic_is_one_error_and_exit_125(vm):
@@ -374,7 +374,7 @@ def test_kernel_panic_is_one_error_and_exit_125(vm):
     errors = [ln for ln in r.err.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "panicked" in errors[0] and "sysrq" in errors[0], r.err
     rec = _assert_gone(vm, "panic")
-    assert rec["exit_code"] == 125 and "panicked" in rec["error"]
+    assert rec["State"]["ExitCode"] == 125 and "panicked" in rec["State"]["Error"]
     assert ctr.ok("ps", "-a", "--filter", "name=panic", "--format", "{{.State}}").strip() == "exited"
 
 
@@ -391,7 +391,7 @@ def test_a_hung_boot_is_stopped_within_the_timeout(vm):
     assert r.code == 125 and "did not start the command within 1 s" in r.err, r
     assert r.err.count("Error:") == 1
     rec = _assert_gone(vm, "hung")
-    assert rec["exit_code"] == 125 and "within 1 s" in rec["error"]
+    assert rec["State"]["ExitCode"] == 125 and "within 1 s" in rec["State"]["Error"]
 
 
 def test_diff_grid_same_as_process_isolation(vm):
@@ -413,9 +413,9 @@ def test_diff_grid_same_as_process_isolation(vm):
         got = [ln[:2] + ln[2 + len(prefix):] for ln in lines if ln[2:].startswith(prefix + "/data")]
         assert got == [w for w in want if w[2:].startswith("/data")], case
     assert "A /top.txt" in lines
-    uppers = [Path(_record(vm, n)["paths"]["dir"]) / "upper" for n in ("grid-vm", "grid-overlay")]
+    uppers = [Path(_record(vm, n)["StaticDir"]) / "upper" for n in ("grid-vm", "grid-overlay")]
     assert _upper_listing(uppers[0]) == _upper_listing(uppers[1])
     assert ctr.ok("diff", "--format", "json", "grid-vm") == ctr.ok("diff", "--format", "json", "grid-overlay")
-    dirs = [_record(vm, n)["paths"]["dir"] for n in ("grid-vm", "grid-overlay")]
+    dirs = [_record(vm, n)["StaticDir"] for n in ("grid-vm", "grid-overlay")]
     ctr.ok("rm", "grid-vm", "grid-overlay")
     assert not any(Path(d).exists() for d in dirs)

@@ -163,13 +163,13 @@ def test_docker_save_multi_layer_with_whiteouts(ctr, layers, tmp_path, driver):
     cfg = jbytes(config_doc([sha(layer) for layer in layers]))
     assert iid == sha(cfg), "the image id is the config's digest (as docker's)"
     img = json.loads(ctr.ok("image", "inspect", "multi:v1"))[0]
-    assert img["Layers"] == [sha(layer) for layer in layers]
+    assert img["RootFS"]["Layers"] == [sha(layer) for layer in layers]
     assert listing(ctr, "multi:v1", driver) == EXPECTED_AB
     assert ctr.ok("run", "--rm", "-u", "0", "--driver", driver, "multi:v1", "cat", "/b/new", "/a/y") == "new\ny\n"
     # the config gives the run defaults: env, command, working directory, user
     assert ctr.ok("run", "--rm", "--driver", driver, "multi:v1") == "bar\n/a\n65534\n"
-    assert img["Config"] == {"env": ["PATH=/bin", "FOO=bar"], "cmd": ["sh", "-c", "echo $FOO; pwd; id -u"],
-                             "entrypoint": [], "workdir": "/a", "user": "65534"}
+    assert img["Config"] == {"Env": ["PATH=/bin", "FOO=bar"], "Cmd": ["sh", "-c", "echo $FOO; pwd; id -u"],
+                             "Entrypoint": [], "WorkingDir": "/a", "User": "65534"}
     assert img["Created"] == "2024-03-04T05:06:07.123456Z"
 
 
@@ -348,7 +348,7 @@ def test_oci_index_with_several_images_or_none(ctr, layers, tmp_path):
     same = dict(first, annotations={"io.containerd.image.name": "again:2"})
     (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [first, same]}))
     ctr.ok("image", "import", str(lay))
-    assert json.loads(ctr.ok("image", "inspect", "again:2"))[0]["Names"] == ["multi:oci", "again:2"]
+    assert json.loads(ctr.ok("image", "inspect", "again:2"))[0]["RepoTags"] == ["multi:oci", "again:2"]
     ctr.ok("image", "rm", "multi:oci", "again:2")
     (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))
     assert_refused(ctr, str(lay), "lists no image manifest")
@@ -364,7 +364,7 @@ def test_not_a_bundle_stays_a_rootfs_import(ctr, tmp_path):
     data = tar_of([dir_("etc"), reg("etc/hostname", b"h\n"), reg("manifest.json", b"[]")])
     (tmp_path / "r.tar").write_bytes(data)
     ctr.ok("image", "import", str(tmp_path / "r.tar"), "plain")
-    assert json.loads(ctr.ok("image", "inspect", "plain"))[0]["Layers"] == [sha(data)]
+    assert json.loads(ctr.ok("image", "inspect", "plain"))[0]["RootFS"]["Layers"] == [sha(data)]
 
 
 # ============================================================================ image export
@@ -391,7 +391,7 @@ def test_image_export_round_trip(ctr, committed, tmp_path, fmt):
         assert diff_views(before, view_of(other, "app:1", "overlay")) == []
         assert other.ok("run", "--rm", "app:1") == "payload\n"
         cfg = json.loads(other.ok("image", "inspect", "app:1"))[0]["Config"]
-        assert cfg["workdir"] == "/srv" and "MODE=prod" in cfg["env"]
+        assert cfg["WorkingDir"] == "/srv" and "MODE=prod" in cfg["Env"]
     finally:
         other.cleanup()
     # written deterministically: the same image gives the same bytes
@@ -466,16 +466,16 @@ def test_image_export_by_id_of_an_image_with_two_names(ctr, committed, tmp_path)
     ctr.ok("image", "import", str(tmp_path / "a.tar"), "second:2")
     ctr.ok("image", "import", str(tmp_path / "a.tar"), "third:3")
     img = json.loads(ctr.ok("image", "inspect", "second:2"))[0]
-    assert len(img["Names"]) == 2
+    assert len(img["RepoTags"]) == 2
     for fmt in ("oci-archive", "docker-archive"):
         out = tmp_path / f"{fmt}.tar"
         ctr.ok("image", "export", img["Id"], "-o", str(out), "--format", fmt)
         other = Ctr(tmp_path / f"root-{fmt}", tmp_path / "c.yaml")
         other.ok("image", "import", str(out))
-        names = json.loads(other.ok("image", "inspect", img["Id"]))[0]["Names"]
+        names = json.loads(other.ok("image", "inspect", img["Id"]))[0]["RepoTags"]
         # an OCI archive names one image once (what skopeo and podman read without a
         # reference); a docker-save archive carries every tag
-        assert names == (img["Names"][:1] if fmt == "oci-archive" else img["Names"])
+        assert names == (img["RepoTags"][:1] if fmt == "oci-archive" else img["RepoTags"])
         if SKOPEO:
             r = skopeo("inspect", f"{fmt}:{out}")
             assert r.returncode == 0, r.stderr
@@ -499,6 +499,6 @@ def test_import_from_a_pipe_path(ctr, layers, tmp_path):
         r = ctr("image", "import", str(fifo), name)
         t.join()
         assert r.code == 0, r
-    assert json.loads(ctr.ok("image", "inspect", "fromfifo"))[0]["Layers"] == [sha(rootfs_tar)]
+    assert json.loads(ctr.ok("image", "inspect", "fromfifo"))[0]["RootFS"]["Layers"] == [sha(rootfs_tar)]
     assert listing(ctr, "bundlefifo") == EXPECTED_AB
     assert list((ctr.root / "tmp").iterdir()) == []

@@ -250,7 +250,7 @@ def test_image_ls_formats(ctr):
         "REPOSITORY   IMAGE ID"
     assert ctr.ok("image", "ls", "-q") == host["Id"][7:19] + "\n"
     assert ctr.ok("image", "ls", "-q", "--no-trunc") == host["Id"] + "\n"
-    assert json.loads(ctr.ok("image", "inspect", "--format", "{{json .Names}}", "host")) == ["host"]
+    assert json.loads(ctr.ok("image", "inspect", "--format", "{{json .RepoTags}}", "host")) == ["host"]
 
 
 @pytest.mark.parametrize("args", [("ps", "--format", "{{range .}}"),
@@ -299,6 +299,6 @@ def test_ps_formats_end_to_end(ctr):
     assert ctr.ok("ps", "-aq", "--no-trunc").split() == [it["Id"] for it in items]
     default = ctr.ok("ps", "-a").splitlines()
     assert default[0].split()[:3] == ["CONTAINER", "ID", "IMAGE"] and " ago" in default[1]
-    assert ctr.ok("inspect", "--format", "{{.Name}} {{.Exit_Code}}", "fmt_fail") == "fmt_fail 7\n"
+    assert ctr.ok("inspect", "--format", "{{.Name}} {{.State.ExitCode}}", "fmt_fail") == "fmt_fail 7\n"
     r = ctr("ps", "-a", "--format", "{{.Nope}}")
     assert r.code == 2 and r.out == "" and r.err.startswith("Error: template: no field 'Nope'\nHint: fields: ")

@@ -264,7 +264,7 @@ def test_auto_names_unique(ctr, busybox_image):
     assert len(set(names)) == n, names
     for name in names:
         assert re.fullmatch(r"[a-z]+_[a-z]+|ctr_[0-9a-f]+", name), name
-    assert [it["name"] for it in json.loads(ctr.ok("inspect", *names))] == names
+    assert [it["Name"] for it in json.loads(ctr.ok("inspect", *names))] == names
 
 
 def test_duplicate_name_refused(ctr, busybox_image):

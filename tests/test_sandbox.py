@@ -332,7 +332,7 @@ def test_own_hostname(ctr, bb):
     host = os.uname().nodename
     assert out_of(hv(ctr, "--hostname", "utility-vm", bb, "hostname")).strip() == "utility-vm"
     r = ctr("run", *SANDBOX, "--name", "h", bb, "sh", "-c", "hostname; cat /proc/sys/kernel/hostname")
-    cid = json.loads(ctr.ok("inspect", "h"))[0]["id"]
+    cid = json.loads(ctr.ok("inspect", "h"))[0]["Id"]
     assert out_of(r).split() == [cid[:12]] * 2
     assert os.uname().nodename == host  # the host's own name is untouched
 
@@ -414,7 +414,7 @@ def test_the_store_is_not_reachable_from_inside(ctr, bb):
     and none of the first container's processes, is there to reach."""
     ctr.ok("run", *SANDBOX, "--name", "first", bb, "sh", "-c", "echo secret > /secret")
     first = json.loads(ctr.ok("inspect", "first"))[0]
-    upper = Path(first["paths"]["dir"]) / "upper"
+    upper = Path(first["StaticDir"]) / "upper"
     assert (upper / "secret").read_text() == "secret\n"  # it is there, on the host
     me = os.getpid()
     script = (f"for p in {ctr.root} {upper} {upper}/secret /proc/1/root{upper} /proc/{me}/root{upper}; do "
@@ -493,7 +493,7 @@ def test_signals_reach_the_workload_through_init(ctr, bb):
     ctr.ok("stop", "-t", "20", "svc")
     assert time.monotonic() - t < 15, "SIGTERM did not reach the workload; stop had to kill"
     info = json.loads(ctr.ok("inspect", "svc"))[0]
-    assert info["state"] == "exited"
+    assert info["State"]["Status"] == "exited"
 
 
 @needs_root
@@ -505,7 +505,7 @@ def test_run_warns_once_and_every_listing_says_emulated(ctr, bb):
     assert len(warnings) == 1 and SHARES_KERNEL in warnings[0]
     ps = ctr.ok("ps", "-a")
     assert "sandbox (emulated)" in ps
-    info = json.loads(ctr.ok("inspect", "e"))[0]["driver_info"]
+    info = json.loads(ctr.ok("inspect", "e"))[0]["DriverInfo"]
     assert info["emulated"] is True and "shared with the host" in info["kernel"]
     assert info["limits"]["memory"] == 1 << 30 and info["limits"]["cpus"] == 2.0
     assert info["limits"]["mechanism"] in ("cgroup v2", "cgroup v1", "rlimits")
@@ -525,8 +525,8 @@ def test_config_sizes_and_selects(ctr, bb, tmp_path):
     ctr.ok("run", "--isolation", "hyperv", "--name", "flag", "--memory", "128m", "--cpus", "0.5", bb, "true")
     cfg = json.loads(ctr.ok("inspect", "cfg"))[0]
     flag = json.loads(ctr.ok("inspect", "flag"))[0]
-    assert cfg["driver_info"]["limits"]["memory"] == 256 << 20 and cfg["driver_info"]["limits"]["cpus"] == 1.0
-    assert flag["driver_info"]["limits"]["memory"] == 128 << 20 and flag["driver_info"]["limits"]["cpus"] == 0.5
+    assert cfg["DriverInfo"]["limits"]["memory"] == 256 << 20 and cfg["DriverInfo"]["limits"]["cpus"] == 1.0
+    assert flag["DriverInfo"]["limits"]["memory"] == 128 << 20 and flag["DriverInfo"]["limits"]["cpus"] == 0.5
     Path(ctr.env["CTR_CONFIG"]).write_text("drivers:\n  hyperv: nosuchdriver\n")
     r = ctr("run", "--rm", "--isolation", "hyperv", bb, "true")
     assert r.code == 125 and "nosuchdriver" in r.err
@@ -536,12 +536,12 @@ def test_config_sizes_and_selects(ctr, bb, tmp_path):
 @needs_busybox
 def test_cgroups_go_with_the_container(ctr, bb):
     ctr.ok("run", *SANDBOX, "--name", "g", bb, "true")
-    limits = json.loads(ctr.ok("inspect", "g"))[0]["driver_info"]["limits"]
+    limits = json.loads(ctr.ok("inspect", "g"))[0]["DriverInfo"]["limits"]
     for g in limits["groups"]:
         assert not os.path.exists(g), "removed when the container exited"
     # a running container killed by `rm -f`: its processes and groups go
     ctr.ok("run", "-d", *SANDBOX, "--name", "r", bb, "sleep", "300")
-    limits = json.loads(ctr.ok("inspect", "r"))[0]["driver_info"]["limits"]
+    limits = json.loads(ctr.ok("inspect", "r"))[0]["DriverInfo"]["limits"]
     if limits["mechanism"].startswith("cgroup"):
         assert all(os.path.isdir(g) for g in limits["groups"])
         pids = cgroups.pids_in(limits["groups"][0])
@@ -605,7 +605,7 @@ def grid(request, tmp_path_factory):
         how = SANDBOX if isolation == "hyperv" else ("--isolation", "process")
         r = ctr("run", "--name", name, *how, "grid", "sh", "-c", CASES[case][0])
         d = ctr("diff", name)
-        cid = json.loads(ctr.ok("inspect", name))[0]["id"]
+        cid = json.loads(ctr.ok("inspect", name))[0]["Id"]
         return r, d, _upper_listing(ctr.root / "containers" / cid / "upper")
 
     try:

@@ -41,7 +41,7 @@ def assert_one_error(r, *needles: str, hint: bool = False) -> None:
 
 
 def record_path(ctr, ref: str) -> Path:
-    cid = json.loads(ctr.ok("inspect", ref))[0]["id"]
+    cid = json.loads(ctr.ok("inspect", ref))[0]["Id"]
     return ctr.root / "containers" / cid / "container.json"
 
 
@@ -253,12 +253,12 @@ def test_lock_held_means_wait_then_clear_error(ctr, busybox_image):
 def test_config_chooses_driver(ctr, busybox_image, tmp_path):
     (tmp_path / "config.yaml").write_text("isolation: process\ndrivers:\n  process: copy\n")
     ctr.ok("run", "--name", "cfg", busybox_image, "true")
-    assert json.loads(ctr.ok("inspect", "cfg"))[0]["driver"] == "copy"
+    assert json.loads(ctr.ok("inspect", "cfg"))[0]["Driver"] == "copy"
     ctr.ok("run", "--name", "flag", "--driver", "overlay", busybox_image, "true")
-    assert json.loads(ctr.ok("inspect", "flag"))[0]["driver"] == "overlay"
+    assert json.loads(ctr.ok("inspect", "flag"))[0]["Driver"] == "overlay"
     # the driver is saved with the container: a later config change does not affect it
     (tmp_path / "config.yaml").write_text("drivers:\n  process: overlay\n")
-    assert json.loads(ctr.ok("inspect", "cfg"))[0]["driver"] == "copy"
+    assert json.loads(ctr.ok("inspect", "cfg"))[0]["Driver"] == "copy"
     assert ctr.ok("diff", "cfg") == ""
 
 

@@ -453,7 +453,7 @@ def _layer_digest(ctr: Ctr, image: str) -> str:
     info = json.loads(ctr.ok("image", "inspect", image))
     info = info[0] if isinstance(info, list) else info
     h = hashlib.sha256()
-    for diff_id in info["Layers"]:
+    for diff_id in info["RootFS"]["Layers"]:
         top = ctr.root / "layers" / diff_id.split(":", 1)[1]
         for dirpath, dirnames, filenames in sorted(os.walk(top)):
             dirnames.sort()
@@ -527,8 +527,8 @@ def _lifecycle(ctr: Ctr, driver: str, extra: tuple[str, ...], host_kernel: bool)
     assert ctr.ok("vm", "restore", "v1", "s1") == "s1\n"
     assert ctr.ok("vm", "diff", "v1") == "C /root\nA /root/hello\n"  # the change is gone
     info = json.loads(ctr.ok("vm", "inspect", "v1"))[0]
-    assert [c["name"] for c in info["checkpoints"]] == ["s1"]
-    assert info["state"] == "Off" and info["pid"] is None and info["driver_info"]["emulated"] == (driver == "sandbox")
+    assert [c["Name"] for c in info["Checkpoints"]] == ["s1"]
+    assert info["State"] == "Off" and info["Pid"] == 0 and info["DriverInfo"]["emulated"] == (driver == "sandbox")
 
     # the other VM from the same image saw none of it, and the image is untouched
     assert ctr("vm", "diff", "v2").out == ""
@@ -584,9 +584,9 @@ def test_sandbox_vm_boundary(vmctr, bb_image):
     assert fields["NoNewPrivs"].strip() == "1"
     assert int(fields["CapBnd"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
     info = json.loads(vmctr.ok("vm", "inspect", "box"))[0]
-    assert info["pid"] and info["driver_info"]["kernel"].startswith("shared with the host")
-    host_uid = os.stat(f"/proc/{info['pid']}").st_uid
-    if "user" in info["driver_info"].get("namespaces", []):
+    assert info["Pid"] and info["DriverInfo"]["kernel"].startswith("shared with the host")
+    host_uid = os.stat(f"/proc/{info['Pid']}").st_uid
+    if "user" in info["DriverInfo"].get("namespaces", []):
         assert host_uid == 100000  # the relay (outside its pid namespace) is the mapped root too
         init = [p for p in os.listdir("/proc") if p.isdigit() and
                 Path(f"/proc/{p}/comm").read_text(errors="replace").strip() == "ctr-vm-init"]
@@ -602,7 +602,7 @@ def test_sandbox_vm_boundary(vmctr, bb_image):
 def test_a_vm_whose_process_died_is_reconciled_off(vmctr, bb_image):
     vmctr.ok("vm", "create", "gone", "--image", "bb", "--driver", "sandbox", "-q")
     vmctr.ok("vm", "start", "gone")
-    pid = json.loads(vmctr.ok("vm", "inspect", "gone"))[0]["pid"]
+    pid = json.loads(vmctr.ok("vm", "inspect", "gone"))[0]["Pid"]
     os.kill(pid, 9)
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
@@ -746,7 +746,7 @@ def test_qemu_exec_exit_codes_and_workdir(running_qemu_vm):
 def test_qemu_vm_whose_qemu_died_is_reconciled_off(running_qemu_vm):
     """Last of the agent tests: qemu killed behind ctr's back is `Off` on the next read."""
     ctr = running_qemu_vm
-    pid = json.loads(ctr.ok("vm", "inspect", "agent"))[0]["pid"]
+    pid = json.loads(ctr.ok("vm", "inspect", "agent"))[0]["Pid"]
     os.kill(pid, 9)
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:

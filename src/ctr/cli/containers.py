@@ -87,11 +87,13 @@ def diff(
 def inspect(
     containers: Optional[List[str]] = typer.Argument(None, help="Containers: id, name or unique id prefix",
                                                      autocompletion=complete_container),
-    format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
+    format: str = typer.Option("json", "--format", "-f",
+                               help="json, yaml or a template such as '{{.State.Status}}'"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Act on the latest created container"),
 ) -> None:
-    """Show the full record of one or more containers."""
+    """Show containers as docker's inspect does: Id, Name, State, Config, HostConfig, Mounts."""
     from ctr import output
+    from ctr.cli import inspect_view
     from ctr.engine import containers as ce
     from ctr.errors import CtrError
 
@@ -99,16 +101,11 @@ def inspect(
     items, failed = [], []
     for ref in _refs(containers, latest):
         try:
-            items.append(ce.inspect(ctx(), ref))
+            items.append(inspect_view.container(ce.inspect(ctx(), ref)))
         except CtrError as e:
             failed.append(e)
     if items:
-        if format == "json":
-            output.as_json(items)
-        elif format == "yaml":
-            output.as_yaml(items)
-        else:
-            output.template(format, items)
+        output.emit(format, items, [], [])
     for e in failed:
         output.error(e.message, e.hint)
     if failed:

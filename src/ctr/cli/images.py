@@ -88,14 +88,16 @@ def ls(
 def inspect(
     images: List[str] = typer.Argument(..., help="Images: name, id or unique id prefix",
                                        autocompletion=complete_image),
-    format: str = typer.Option("json", "--format", help="json, yaml or a {{.Field}} template"),
+    format: str = typer.Option("json", "--format", "-f",
+                               help="json, yaml or a template such as '{{.RootFS.Layers}}'"),
 ) -> None:
-    """Show the full record of one or more images."""
+    """Show images as docker's image inspect does: Id, RepoTags, Created, Size, Config, RootFS."""
     from ctr import output
+    from ctr.cli import inspect_view
     from ctr.engine import images as ie
 
     check_format(format, ("json", "yaml"))
-    items = [_image_item(ie.get_image(ctx(), ref)) for ref in images]
+    items = [inspect_view.image(ie.get_image(ctx(), ref)) for ref in images]
     output.emit(format, items, [], [])
 
 

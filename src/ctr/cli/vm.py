@@ -194,15 +194,16 @@ def rm(
 @app.command("inspect")
 def inspect(
     names: List[str] = typer.Argument(..., help=NAMES_HELP, autocompletion=complete_vm),
-    format: str = typer.Option("json", "--format", help="json, yaml, or a template such as '{{.state}}'"),
+    format: str = typer.Option("json", "--format", "-f", help="json, yaml, or a template such as '{{.State}}'"),
 ) -> None:
     """Show VMs' full records: hardware, state, disk, checkpoints, how the driver runs them."""
     from ctr import output
+    from ctr.cli import inspect_view
     from ctr.engine import vms
     from ctr.engine.lifecycle import for_each
 
     check_format(format, ("json", "yaml"))
-    outcomes = for_each(list(names), lambda n: (n, vms.inspect(ctx(), n)))
+    outcomes = for_each(list(names), lambda n: (n, inspect_view.vm(vms.inspect(ctx(), n))))
     found = [o.value for o in outcomes if o.error is None]
     if found or format in ("json", "yaml"):
         output.emit(format, found, [], [])
