@@ -148,10 +148,10 @@ def test_host_image_id_written_out():
     assert HOST_IMAGE_ID == digest_bytes(b"ctr builtin image: the host root filesystem")
 
 
-# what no command of the fast path imports: ctr's records are plain classes (models.Record),
-# `typing` is imported for type checkers only, times are read and written without datetime
-# (docs/performance.md)
-NOT_AT_RUNTIME = "'dataclasses', 'inspect', 'typing', 'datetime'"
+# what `ps` and `diff` do not import: ctr's records are plain classes (models.Record), `typing`
+# is imported for type checkers only, times are read and written without datetime, the store
+# locks without contextlib, signal is imported only to kill (docs/performance.md)
+NOT_AT_RUNTIME = "'dataclasses', 'inspect', 'typing', 'datetime', 'contextlib', 'signal'"
 
 
 def _only_ctr_imports(tmp_path, bad: str) -> str:
@@ -168,8 +168,8 @@ def test_hot_paths_import_little(tmp_path):
     """What `ps` and `run` must not import (docs/performance.md)."""
     env = dict(os.environ, CTR_ROOT=str(tmp_path / "root"), CTR_CONFIG=str(tmp_path / "none.yaml"))
     code = _only_ctr_imports(tmp_path, "'typer', 'click', 'rich', 'yaml', 'tarfile', 'hashlib', 'secrets', "
-                                       "'subprocess', 'threading', 'platformdirs', 'ctr.changes', 'ctr.drivers', "
-                                       + NOT_AT_RUNTIME)
+                                       "'subprocess', 'threading', 'platformdirs', 'shutil', 'ctr.changes', "
+                                       "'ctr.drivers', " + NOT_AT_RUNTIME)
     p = subprocess.run([sys.executable, "-S", "-c", code, "ps", "-a"], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     # without $CTR_ROOT and $CTR_CONFIG: the user dirs, still without platformdirs
@@ -179,7 +179,7 @@ def test_hot_paths_import_little(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "home" / ".local" / "share" / "ctr" / "store.json").exists()
     if os.geteuid() == 0:  # run needs the drivers, still not the rest
-        # (nor dataclasses and typing, once engine/images.py and engine/lifecycle.py drop them)
+        # (but dataclasses and typing still: engine/images.py and engine/lifecycle.py import them)
         code = code.replace(", 'ctr.drivers'", "").replace(", " + NOT_AT_RUNTIME, "")
         p = subprocess.run([sys.executable, "-S", "-c", code, "run", "--rm", "host", "/bin/true"], env=env,
                            capture_output=True, text=True)
@@ -188,13 +188,13 @@ def test_hot_paths_import_little(tmp_path):
 
 def test_diff_imports_little(ctr, busybox_image, tmp_path):
     """`diff` of a container with ten changes (the benchmark's case) loads the driver and the
-    change list, and none of dataclasses, inspect, typing, datetime."""
+    change list, and none of dataclasses, inspect, typing, datetime, contextlib, signal."""
     if os.geteuid() != 0 and not Path("/proc/self/ns/user").exists():
         pytest.skip("no driver can run a container here")
     ctr.ok("run", "--name", "c", busybox_image, "sh", "-c",
            "mkdir /a && touch /a/1 /a/2 /a/3 /a/4 /a/5 && echo x > /etc/f && rm /bin/ls")
     code = _only_ctr_imports(tmp_path, "'typer', 'click', 'rich', 'yaml', 'hashlib', 'subprocess', 'threading', "
-                                       "'ctr.launch', 'ctr.engine.images', " + NOT_AT_RUNTIME)
+                                       "'shutil', 'ctr.launch', 'ctr.engine.images', " + NOT_AT_RUNTIME)
     code = code.replace("; sys.exit(rc)", "; assert 'ctr.changes' in sys.modules; sys.exit(rc)")
     p = subprocess.run([sys.executable, "-S", "-c", code, "diff", "c"], env=ctr.env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

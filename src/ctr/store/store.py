@@ -357,20 +357,57 @@ def remove_path(path: Path) -> None:
         except FileNotFoundError:
             pass
         return
-    import shutil
-
-    failed: list[str] = []
-    shutil.rmtree(path, onerror=lambda func, p, exc: failed.append(p))
+    failed: list[OSError] = []
+    _rmtree(str(path), failed)
     if not failed or not os.path.lexists(path):
         return
     _make_accessible(str(path))
+    failed.clear()
+    _rmtree(str(path), failed)
+    if failed:
+        raise failed[0]
 
-    def onerror(func, p, exc):
-        if isinstance(exc[1], FileNotFoundError):
-            return
-        raise exc[1]
 
-    shutil.rmtree(path, onerror=onerror)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _rmtree(top: str, failed: list[OSError], dir_fd: int | None = None) -> None:
+    """Delete the directory `top` (relative to `dir_fd` if given) and all below it, as
+    shutil.rmtree does on Linux — through directory descriptors, never following a link —
+    noting each failure in `failed` and going on; what vanishes meanwhile is no failure.
+    (Not shutil: it imports zlib, bz2 and lzma, ~2 ms of every `rm` and `run --rm`.)"""
+    try:
+        fd = os.open(top, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        failed.append(e)
+        return
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    except OSError as e:
+        failed.append(e)
+        entries = []
+    try:
+        for name, is_dir in entries:
+            try:
+                if is_dir:
+                    _rmtree(name, failed, fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                failed.append(e)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(top, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        failed.append(e)
 
 
 def _make_accessible(top: str) -> None:
