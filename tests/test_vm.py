@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IS_ROOT, Ctr, busybox_is_static, guest_kernel, make_rootfs, needs_root, qemu_missing
+from ctr import proc
 from ctr.models import VM, Checkpoint
 from ctr.store import Store
 from ctr.vm import agent, disk
@@ -612,6 +613,148 @@ def test_a_vm_whose_process_died_is_reconciled_off(vmctr, bb_image):
     vmctr.ok("vm", "start", "gone")  # and it can be started again
     vmctr.ok("vm", "rm", "-f", "gone")
     _nothing_left(vmctr, "gone")
+
+
+# ============================================================================ an interrupted start
+def _raw(ctr: Ctr, name: str) -> dict:
+    """The VM's record as it is on disk (no ctr command: nothing reconciled)."""
+    return json.loads((ctr.root / "vms" / name / "vm.json").read_text())
+
+
+def _row(ctr: Ctr, name: str) -> dict:
+    return next(v for v in json.loads(ctr.ok("vm", "ls", "--format", "json")) if v["Name"] == name)
+
+
+def _store_processes(ctr: Ctr) -> list[int]:
+    """Processes started by a ctr of this store (a VM's relay and init are forked from it)."""
+    mark = f"CTR_ROOT={ctr.root}\0".encode()
+    found = []
+    for e in os.scandir("/proc"):
+        if e.name.isdigit() and int(e.name) != os.getpid():
+            try:
+                if mark in Path(e.path, "environ").read_bytes():
+                    found.append(int(e.name))
+            except OSError:
+                continue
+    return found
+
+
+def _gone(pid: int, start: int | None) -> bool:
+    deadline = time.monotonic() + 10
+    while proc.pid_alive(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not proc.pid_alive(pid, start)
+
+
+@needs_root
+@pytest.mark.parametrize("machine", ["still running", "gone too"])
+def test_a_killed_vm_start_is_reconciled_off(vmctr, bb_image, machine):
+    """ctr SIGKILLed (crash point vm.started) once the machine runs, before it is recorded
+    Running: on disk the VM stays Starting with nobody waiting for it.  The next read sees
+    that start's ctr gone (pid and start time), turns the machine off if it still runs, and
+    records Off saying why; the VM starts again."""
+    vmctr.ok("vm", "create", "k", "--image", "bb", "--driver", "sandbox", "-q")
+    vmctr.env["CTR_FAULT"] = "vm.started"
+    try:
+        r = vmctr("vm", "start", "k")
+    finally:
+        del vmctr.env["CTR_FAULT"]
+    assert r.code == -9, r
+    rec = _raw(vmctr, "k")
+    assert rec["state"] == "Starting" and proc.pid_alive(rec["pid"], rec["pid_start"]), rec
+    if machine == "gone too":
+        os.kill(rec["pid"], 9)
+        assert _gone(rec["pid"], rec["pid_start"])
+    row = _row(vmctr, "k")
+    assert row["State"] == "Off" and "the start was interrupted: ctr (pid" in row["Error"], row
+    assert ("ctr turned the VM off" in row["Error"]) == (machine == "still running"), row
+    assert _gone(rec["pid"], rec["pid_start"]), "the machine outlived its reconciliation"
+    assert _store_processes(vmctr) == []
+    assert _raw(vmctr, "k")["state"] == "Off"  # recorded, not only shown
+    assert vmctr.ok("vm", "start", "k") == "k\n"
+    assert vmctr.ok("vm", "exec", "k", "echo", "again") == "again\n"
+    assert _row(vmctr, "k")["Error"] == ""
+    vmctr.ok("vm", "rm", "-f", "k")
+    _nothing_left(vmctr, "k")
+
+
+@needs_root
+def test_sigterm_during_vm_start_leaves_it_off(vmctr, bb_image):
+    """SIGTERM to `vm start` while it starts the VM: it turns the machine off, records the VM
+    Off with the reason, and exits 143.  To catch the start in the middle, the test takes
+    the store's lock as soon as the record says Starting: ctr then waits for it at its next
+    record write (the pid, or Running) and gets the signal there."""
+    import fcntl
+    import signal
+    import sys
+
+    vmctr.ok("vm", "create", "t", "--image", "bb", "--driver", "sandbox", "-q")
+    for _attempt in range(10):
+        p = subprocess.Popen([sys.executable, "-m", "ctr", "vm", "start", "t"], env=vmctr.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fd = os.open(vmctr.root / "lock", os.O_RDWR)
+        try:
+            while p.poll() is None and _raw(vmctr, "t")["state"] != "Starting":
+                pass
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            caught = p.poll() is None and _raw(vmctr, "t")["state"] == "Starting"
+            if caught:
+                p.send_signal(signal.SIGTERM)
+                time.sleep(0.3)  # (no assertion on time: only so the signal lands before the lock is free)
+        finally:
+            os.close(fd)
+        out, err = p.communicate(timeout=60)
+        if caught:
+            break
+        vmctr.ok("vm", "stop", "t")  # it had finished before the lock was taken: again
+    else:
+        pytest.fail("never caught `vm start` between Starting and Running")
+    assert p.returncode == 143, (out, err)
+    rec = _raw(vmctr, "t")
+    assert rec["state"] == "Off" and rec["pid"] is None, rec
+    assert rec["error"] == "start failed: interrupted by SIGTERM; the VM was turned off", rec
+    assert _row(vmctr, "t")["State"] == "Off"
+    assert _store_processes(vmctr) == []
+    runtime = vmctr.root / "vms" / "t" / "sandbox.json"  # (not there when it was caught before its cgroups)
+    groups = (json.loads(runtime.read_text()).get("groups") or []) if runtime.exists() else []
+    assert not [g for g in groups if os.path.isdir(g)], "its cgroups were left behind"
+    assert not (vmctr.root / "vms" / "t" / "starter.json").exists()
+    assert vmctr.ok("vm", "start", "t") == "t\n"
+    vmctr.ok("vm", "rm", "-f", "t")
+    _nothing_left(vmctr, "t")
+
+
+@pytest.mark.qemu
+@needs_root
+@needs_mke2fs
+def test_qemu_vm_start_killed_or_terminated_mid_boot(vmctr, bb_image, qemu_kernel):
+    """A qemu VM boots for seconds under TCG: `vm start` is caught with qemu running and the
+    agent not yet ready.  Meanwhile a read leaves it Starting (its ctr is alive).  SIGKILL:
+    the next read turns qemu off and records Off; SIGTERM: ctr does it itself, exit 143."""
+    import signal
+    import sys
+
+    vmctr.ok("vm", "create", "q", "--image", "bb", "--driver", "qemu", "-q",
+             "--kernel", str(qemu_kernel.image.parent))
+    for sig, says in ((signal.SIGKILL, "the start was interrupted: ctr (pid"),
+                      (signal.SIGTERM, "start failed: interrupted by SIGTERM")):
+        p = subprocess.Popen([sys.executable, "-m", "ctr", "vm", "start", "q"], env=vmctr.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while p.poll() is None and not _raw(vmctr, "q")["pid"]:
+            time.sleep(0.01)
+        rec = _raw(vmctr, "q")
+        assert p.poll() is None and rec["state"] == "Starting", (rec, p.communicate())
+        assert _row(vmctr, "q")["State"] in ("Starting", "Running")  # a read does not stop a start
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == (-9 if sig == signal.SIGKILL else 143), (out, err)
+        row = _row(vmctr, "q")
+        assert row["State"] == "Off" and says in row["Error"], row
+        assert _gone(rec["pid"], rec["pid_start"]), "qemu outlived the interrupted start"
+        assert not (vmctr.root / "vms" / "q" / "run").exists()  # its sockets are cleaned up
+    assert not _processes_of(str(vmctr.root / "vms"))
+    vmctr.ok("vm", "rm", "q")
+    _nothing_left(vmctr, "q")
 
 
 # ============================================================================ copying versus sharing

@@ -120,8 +120,8 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         sys.stderr.write("Aborted!\n")
         return 130
-    except KeyboardInterrupt as e:  # ^C; SIGTERM too where ctr turns it into one (vm start)
-        return 128 + getattr(e, "signum", 2)
+    except KeyboardInterrupt:
+        return 130
     except Exception as e:
         return report_error(e)
     finally:

@@ -3,9 +3,13 @@
 A VM is named by its name (Hyper-V's way); its record is `vms/<name>/vm.json`.  States:
 Off -> Starting -> Running -> Stopping -> Off.  A VM recorded Starting, Running or Stopping
 whose process is gone (pid checked with its kernel start time) is recorded Off on the next
-read.  Record changes happen under the store lock; lifecycle operations on one VM (start,
-stop, rm, checkpoint, restore) are serialised by the VM's own lock file, so a second `vm
-start` waits for the first and then finds it running.
+read.  A VM recorded Starting whose `vm start` is gone (its pid and start time are in
+`vms/<name>/starter.json` while it starts; killed, say) is turned off and recorded Off on the
+next read, with an error saying the start was interrupted.  SIGINT and SIGTERM during `vm
+start` turn the VM off and record it Off before ctr exits.  Record changes happen under the
+store lock; lifecycle operations on one VM (start, stop, rm, checkpoint, restore) are
+serialised by the VM's own lock file, so a second `vm start` waits for the first and then
+finds it running.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ctr.engine.images import get_image
 from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
 from ctr.models import VM, Checkpoint, VMState, now_iso
 from ctr.vm import get_vm_driver, select_vm_driver
+from ctr.vm.base import Interrupted, interruptible
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 DEFAULT_MEMORY = 512 << 20
@@ -33,6 +38,7 @@ DEFAULT_DISK = 4 << 30  # a sparse file: only what is written takes space
 BOOT_TIMEOUT = float(os.environ.get("CTR_VM_BOOT_TIMEOUT", "120"))
 STOP_GRACE = 30
 LOCK = "lock"
+STARTER = "starter.json"  # {"pid", "start"} of the `vm start` process, while it starts the VM
 LIVE = (VMState.STARTING.value, VMState.RUNNING.value, VMState.STOPPING.value)
 
 
@@ -85,15 +91,36 @@ def vm_lock(ctx: Context, name: str, wait: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+def _starter(ctx: Context, name: str) -> tuple[int, int | None] | None:
+    """The pid and start time of the `vm start` that is (or was) starting the VM."""
+    import json
+
+    try:
+        d = json.loads(ctx.store.vm_path(name, STARTER).read_bytes())
+        return int(d["pid"]), (None if d.get("start") is None else int(d["start"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def reconcile(ctx: Context, vm: VM) -> VM:
-    """A VM recorded as live whose process is gone is recorded Off (its leftovers cleaned)."""
-    if vm.state not in LIVE or proc.pid_alive(vm.pid, vm.pid_start):
+    """A VM recorded as live whose process is gone is recorded Off (its leftovers cleaned);
+    one recorded Starting whose `vm start` is gone is turned off and recorded Off."""
+    if vm.state not in LIVE:
         return vm
-    if vm.pid is None:
-        # Starting before its process was recorded: in progress only if someone holds its lock
-        with vm_lock(ctx, vm.name, wait=False) as free:
-            if not free:
-                return vm
+    if vm.state == VMState.STARTING.value:
+        starter = _starter(ctx, vm.name)
+        if starter is not None:
+            if proc.pid_alive(*starter):
+                return vm  # being started
+            return _start_interrupted(ctx, vm, starter[0])
+        if vm.pid is None:
+            # no starter recorded (a record from before starter.json): in progress only if
+            # someone holds its lock
+            with vm_lock(ctx, vm.name, wait=False) as free:
+                if not free:
+                    return vm
+    if proc.pid_alive(vm.pid, vm.pid_start):
+        return vm
     try:
         get_vm_driver(vm.driver).cleanup(ctx.store, vm)
     except (CtrError, OSError):
@@ -106,6 +133,35 @@ def reconcile(ctx: Context, vm: VM) -> VM:
             x.state = VMState.OFF.value
             x.stopped = x.stopped or now_iso()
             x.pid = x.pid_start = None
+    return update(ctx, vm.name, mark) or vm
+
+
+def _start_interrupted(ctx: Context, vm: VM, starter: int) -> VM:
+    """The `vm start` that recorded the VM Starting died before it was ready (SIGKILL, a
+    crash): nobody waits for the machine, so it is turned off, like a detached container whose
+    monitor died, and recorded Off with the reason."""
+    alive = proc.pid_alive(vm.pid, vm.pid_start)
+    driver = get_vm_driver(vm.driver)
+    if alive:
+        try:
+            driver.turn_off(ctx.store, vm)
+        except (CtrError, OSError):
+            pass
+        if proc.pid_alive(vm.pid, vm.pid_start):
+            return vm  # it could not be turned off: left as it is, tried again on the next read
+    try:
+        driver.cleanup(ctx.store, vm)
+    except (CtrError, OSError):
+        pass
+
+    def mark(x: VM) -> None:
+        if x.state != VMState.STARTING.value or (x.pid, x.pid_start) != (vm.pid, vm.pid_start):
+            return  # another start since
+        x.state = VMState.OFF.value
+        x.stopped = now_iso()
+        x.pid = x.pid_start = None
+        x.error = (f"the start was interrupted: ctr (pid {starter}) ended before the VM was ready"
+                   + ("; ctr turned the VM off" if alive else ""))
     return update(ctx, vm.name, mark) or vm
 
 
@@ -190,12 +246,17 @@ def create(ctx: Context, opts: CreateOptions, progress: Callable[[int, int], Non
 def start(ctx: Context, name: str, timeout: float = BOOT_TIMEOUT) -> VM:
     """Boot the VM in the background; returns once it accepts `exec`."""
     get_vm(ctx, name)
-    with vm_lock(ctx, name):
+    with vm_lock(ctx, name), interruptible():
         vm = get_vm(ctx, name)
         if vm.state != VMState.OFF.value:
             raise Conflict(f"VM {name} is already {vm.state.lower()}",
                            hint=f"`ctr vm exec {name} CMD` runs a command in it")
         driver = get_vm_driver(vm.driver)
+        from ctr.store.records import write_json
+
+        me = os.getpid()
+        write_json(ctx.store.vm_path(name, STARTER), {"pid": me, "start": proc.pid_start_time(me)},
+                   durable=False)
 
         def starting(x: VM) -> None:
             x.state = VMState.STARTING.value
@@ -210,8 +271,15 @@ def start(ctx: Context, name: str, timeout: float = BOOT_TIMEOUT) -> VM:
                 x.pid, x.pid_start = pid, start_time
             update(ctx, name, mark)
 
+        def running(x: VM) -> None:
+            x.state = VMState.RUNNING.value
+            for k, v in found.items():
+                setattr(x, k, v)
+
         try:
             found = driver.start(ctx.store, ctx.config, vm, timeout, on_pid)
+            faults.point("vm.started")
+            vm = update(ctx, name, running) or vm
         except BaseException as e:
             current = _load(ctx, name)
             if current is not None and current.pid and proc.pid_alive(current.pid, current.pid_start):
@@ -223,7 +291,14 @@ def start(ctx: Context, name: str, timeout: float = BOOT_TIMEOUT) -> VM:
                 driver.cleanup(ctx.store, current or vm)
             except (CtrError, OSError):
                 pass
-            message = e.message if isinstance(e, CtrError) else f"interrupted ({type(e).__name__})"
+            if isinstance(e, CtrError):
+                message = e.message
+            elif isinstance(e, Interrupted):
+                import signal
+
+                message = f"interrupted by {signal.Signals(e.signum).name}; the VM was turned off"
+            else:
+                message = f"interrupted ({type(e).__name__})"
 
             def failed(x: VM) -> None:
                 x.state = VMState.OFF.value
@@ -231,15 +306,10 @@ def start(ctx: Context, name: str, timeout: float = BOOT_TIMEOUT) -> VM:
                 x.stopped = now_iso()
                 x.error = f"start failed: {message}"
             update(ctx, name, failed)
+            ctx.store.vm_path(name, STARTER).unlink(missing_ok=True)
             raise
-
-        faults.point("vm.started")
-
-        def running(x: VM) -> None:
-            x.state = VMState.RUNNING.value
-            for k, v in found.items():
-                setattr(x, k, v)
-        return update(ctx, name, running) or vm
+        ctx.store.vm_path(name, STARTER).unlink(missing_ok=True)
+        return vm
 
 
 @dataclass

@@ -7,8 +7,9 @@ how it stops, how its disk is listed and copied.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ctr.drivers.base import Availability
 
@@ -20,6 +21,70 @@ if TYPE_CHECKING:
 
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
+
+
+class Interrupted(SystemExit):
+    """SIGINT or SIGTERM during `vm start` (under `interruptible`): raised so that the start
+    turns the VM off and records it Off, then ends ctr with 128 + `signum` as the signal
+    would have (a SystemExit: nothing on the way, typer and click included, takes it for an
+    error to report or a KeyboardInterrupt to turn into exit 130)."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+_deferring = [0]  # depth of `signals_deferred` blocks
+_pending: list[int] = []  # signals that arrived meanwhile
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` (once: a second one, during the cleanup, is
+    ignored); in the main thread only; the previous handlers are restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def handler(signum, frame) -> None:
+        if raised:
+            return
+        if _deferring[0]:
+            _pending.append(signum)
+            return
+        raised.append(signum)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        _pending.clear()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Under `interruptible`, SIGINT and SIGTERM wait until the block ends: for a driver's
+    `start` from making the VM's process until `on_pid` has recorded it, where an
+    interruption would leave a machine nobody knows of.  (Not the signal mask: a child
+    started meanwhile, qemu, would inherit it.)"""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    if not _deferring[0] and _pending:
+        import os
+
+        signum = _pending[-1]
+        _pending.clear()
+        os.kill(os.getpid(), signum)  # delivered again, now that it may interrupt
 
 
 class VMDriver:

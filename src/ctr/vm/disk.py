@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ctr import proc
-from ctr.changes import ADDED, CHANGED, DELETED, Change, finish
+from ctr.changes import ADDED, CHANGED, DELETED, Change, _kind, finish
 from ctr.errors import CtrError
 
 FICLONE = 0x40049409
@@ -165,16 +165,6 @@ class Meta:
 
 
 Listing = dict[str, Meta]
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "d"
-    if stat.S_ISREG(mode):
-        return "f"
-    if stat.S_ISLNK(mode):
-        return "l"
-    return "o"
 
 
 def _meta(mode: int, uid: int, gid: int, size: int, mtime: int, ctime: int, ino: int, nlink: int) -> Meta:

@@ -32,7 +32,7 @@ from ctr.errors import CtrError, DriverError
 from ctr.models import VM, Image
 from ctr.store.store import remove_path
 from ctr.vm import agent, disk
-from ctr.vm.base import Progress, VMDriver
+from ctr.vm.base import Progress, VMDriver, signals_deferred
 
 MIB = 1 << 20
 DISK = "disk.img"
@@ -158,28 +158,27 @@ class QemuVMDriver(VMDriver):
                 import sys
 
                 print("+ " + " ".join(argv), file=sys.stderr)
-            try:
-                r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                   env=QEMU_ENV, pass_fds=[s.fileno() for s in listeners.values()],
-                                   timeout=120)
-            except OSError as e:
-                raise DriverError(f"cannot start {spec.qemu}: {e.strerror}",
-                                  hint="apt-get install --no-install-recommends qemu-system-x86") from e
-            except subprocess.TimeoutExpired as e:
-                raise DriverError("qemu did not start within 120 s") from e
+            # no ^C from starting qemu (it daemonises) until its pid is recorded
+            with signals_deferred():
+                try:
+                    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                       env=QEMU_ENV, pass_fds=[s.fileno() for s in listeners.values()],
+                                       timeout=120)
+                except OSError as e:
+                    raise DriverError(f"cannot start {spec.qemu}: {e.strerror}",
+                                      hint="apt-get install --no-install-recommends qemu-system-x86") from e
+                except subprocess.TimeoutExpired as e:
+                    _kill_from(pidfile)
+                    raise DriverError("qemu did not start within 120 s") from e
+                pid, start = self._started(r, pidfile)
+                try:
+                    on_pid(pid, start)
+                except BaseException:  # the record could not be written: nobody else knows of qemu
+                    _kill(pid, start)
+                    raise
         finally:
             for s in listeners.values():
                 s.close()
-        if r.returncode != 0:
-            lines = (r.stderr or r.stdout).strip().splitlines()
-            first = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
-            raise DriverError(f"qemu failed to start (exit {r.returncode}): {first}")
-        try:
-            pid = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError) as e:
-            raise DriverError(f"qemu started but wrote no pid file ({e})") from e
-        start = proc.pid_start_time(pid)
-        on_pid(pid, start)
         deadline = time.monotonic() + timeout
         try:
             release = agent.wait_ready(self.control(store, vm), deadline,
@@ -192,7 +191,23 @@ class QemuVMDriver(VMDriver):
             _kill(pid, start)
             raise DriverError(f"{e.message}: {self._failure(store, vm)}",
                               hint=f"see `ctr vm logs {vm.name}`") from None
+        except BaseException:  # interrupted: nobody will wait for this machine
+            _kill(pid, start)
+            raise
         return {"accel": choice.accel, "guest_kernel": release}
+
+    def _started(self, r: subprocess.CompletedProcess, pidfile: Path) -> tuple[int, int | None]:
+        """The daemonised qemu's pid and start time, or why it did not start."""
+        if r.returncode != 0:
+            _kill_from(pidfile)
+            lines = (r.stderr or r.stdout).strip().splitlines()
+            first = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+            raise DriverError(f"qemu failed to start (exit {r.returncode}): {first}")
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError) as e:
+            raise DriverError(f"qemu started but wrote no pid file ({e})") from e
+        return pid, proc.pid_start_time(pid)
 
     def control(self, store, vm: VM) -> Path:
         return store.vm_path(vm.name, RUN) / f"{agent.CONTROL}.sock"
@@ -298,6 +313,15 @@ def _plain(layer: str) -> bool:
             except FileNotFoundError:
                 continue
     return True
+
+
+def _kill_from(pidfile: Path) -> None:
+    """Stop the qemu a pid file names, if it got that far."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    _kill(pid, proc.pid_start_time(pid))
 
 
 def _kill(pid: int | None, start: int | None, graceful: bool = False) -> None:

@@ -35,7 +35,7 @@ from ctr.launch import Launch, MountOp, base_mounts
 from ctr.models import VM, Image
 from ctr.store.store import remove_path
 from ctr.vm import disk
-from ctr.vm.base import Progress, VMDriver
+from ctr.vm.base import Progress, VMDriver, signals_deferred
 
 ROOTFS = "rootfs"
 MANIFEST = "manifest"
@@ -110,14 +110,19 @@ class SandboxVMDriver(VMDriver):
         })
         launch = build_launch(store, vm, plan, userns)
         log = os.open(store.vm_path(vm.name, CONSOLE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            started = proc.start(launch, stdout=log, stderr=log, pid1_hook=vm_init, new_session=True)
-        except proc.SetupError as e:
-            cgroups.remove([g for g in plan.groups if g.rstrip("/").endswith("/ctr/" + vm.id)])
-            raise DriverError(e.message.replace("cannot start the container", "cannot start the VM")) from None
-        finally:
-            os.close(log)
-        on_pid(started.pid, started.start_time)
+        with signals_deferred():  # no ^C between the fork and the pid's record
+            try:
+                started = proc.start(launch, stdout=log, stderr=log, pid1_hook=vm_init, new_session=True)
+            except proc.SetupError as e:
+                cgroups.remove([g for g in plan.groups if g.rstrip("/").endswith("/ctr/" + vm.id)])
+                raise DriverError(e.message.replace("cannot start the container", "cannot start the VM")) from None
+            finally:
+                os.close(log)
+            try:
+                on_pid(started.pid, started.start_time)
+            except BaseException:  # the record could not be written: nobody else knows of the VM
+                _kill(started.pid, started.start_time)
+                raise
         return {"guest_kernel": platform.release()}
 
     def _runtime(self, store, vm: VM) -> dict:
@@ -152,13 +157,7 @@ class SandboxVMDriver(VMDriver):
         return grace
 
     def turn_off(self, store, vm: VM) -> None:
-        from ctr import monitor
-
-        if proc.pid_alive(vm.pid, vm.pid_start):
-            monitor.send_signal(vm.pid, vm.pid_start, signal.SIGKILL)  # type: ignore[arg-type]
-        deadline = time.monotonic() + 10
-        while proc.pid_alive(vm.pid, vm.pid_start) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _kill(vm.pid, vm.pid_start)
 
     def cleanup(self, store, vm: VM) -> None:
         groups = self._runtime(store, vm).get("groups") or []
@@ -199,6 +198,17 @@ class SandboxVMDriver(VMDriver):
         info["disk_format"] = "a directory tree (the size is checked at creation, not enforced)"
         info["console"] = str(store.vm_path(vm.name, CONSOLE))
         return info
+
+
+def _kill(pid: int | None, start: int | None) -> None:
+    """SIGKILL the VM's relay (its init and every process of the VM go with it)."""
+    from ctr import monitor
+
+    if proc.pid_alive(pid, start):
+        monitor.send_signal(pid, start, signal.SIGKILL)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while proc.pid_alive(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def build_launch(store, vm: VM, plan: cgroups.Plan, userns: bool) -> Launch:
