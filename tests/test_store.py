@@ -262,6 +262,21 @@ def test_config_chooses_driver(ctr, busybox_image, tmp_path):
     assert ctr.ok("diff", "cfg") == ""
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_blank_config_is_the_defaults_without_yaml(tmp_path, content):
+    path = tmp_path / "config.yaml"
+    path.write_text(content)
+    code = ("import sys; from pathlib import Path; from ctr.config import Config, load_config; "
+            "c = load_config(Path(sys.argv[1])); assert c == Config(path=Path(sys.argv[1])), c; "
+            "assert 'yaml' not in sys.modules")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    path.write_text(content + "# only a comment\n")  # YAML's nothing too, through yaml
+    from ctr.config import Config, load_config
+
+    assert load_config(path) == Config(path=path)
+
+
 @pytest.mark.parametrize("content, needle", [
     ("colour: blue\n", "colour"),
     ("drivers: [a, b]\n", "drivers"),
