@@ -391,19 +391,19 @@ def _rmtree(top: str, failed: list[OSError], dir_fd: int | None = None) -> None:
         entries = []
     try:
         for name, is_dir in entries:
-            try:
-                if is_dir:
-                    _rmtree(name, failed, fd)
-                else:
-                    os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                failed.append(e)
+            if is_dir:
+                _rmtree(name, failed, fd)
+            else:
+                _noting(failed, os.unlink, name, dir_fd=fd)
     finally:
         os.close(fd)
+    _noting(failed, os.rmdir, top, dir_fd=dir_fd)
+
+
+def _noting(failed: list[OSError], fn, path: str, dir_fd: int | None) -> None:
+    """fn(path, dir_fd=dir_fd); a path already gone is no failure, another error is noted."""
     try:
-        os.rmdir(top, dir_fd=dir_fd)
+        fn(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except OSError as e:
