@@ -19,7 +19,6 @@ its pid in a `finally`.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -106,12 +105,19 @@ def _writer(dest: Output) -> Callable[[bytes], None]:
     return write_obj
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec_fn giving the child SIGKILL when its parent dies (PR_SET_PDEATHSIG); libc is
+    looked up here, before the fork (ctypes is imported only by the process starting qemu)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return lambda: None
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    return hook
 
 
 def _pump_stdin(src: BinaryIO | int, sock: socket.socket) -> None:
@@ -299,7 +305,7 @@ def boot_and_run(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=QEMU_ENV,
                     pass_fds=[p[1].fileno() for p in pairs.values()]
                     + [s.fileno() for s in (listeners or {}).values()], start_new_session=True,
-                    preexec_fn=_die_with_parent)
+                    preexec_fn=_die_with_parent())
             except OSError as e:
                 raise DriverError(f"cannot start {qemu}: {e.strerror}",
                                   hint="apt-get install --no-install-recommends qemu-system-x86") from e
