@@ -21,6 +21,14 @@ skipped with the reason printed; a full run as root installs podman and runc fro
 first (--no-install to skip that). A ctr command that fails is an error: the run goes on,
 and exits 1 at the end.
 
+The microvm case boots real VMs (qemu, TCG here): `ctr run --rm --isolation hyperv --driver
+microvm` against qemu alone booting the same guest — the argv built by ctr.qemu
+(`load_plan` + `qemu_command`) from the boot.json an untimed ctr run recorded, with the ports
+on files and the image's own tree as the 9p root — so the ratio is what ctr adds around the
+boot. It needs root, qemu and a guest kernel (--kernel, $CTR_KERNEL, or one in
+$CTR_TEST_KERNEL_DIR / /var/cache/ctr-test-kernel); without one it is skipped with the reason,
+and --quick leaves it out.
+
 The timing targets are the issue's; this script reports whether each was met, it never
 fails because one was not (benchmarks are not timed tests).
 """
@@ -469,8 +477,8 @@ class Suite:
             "qemu with socket ports, streaming the output, the exit code, removing the container",
             "raw qemu: qemu-system-x86_64 alone, its argv built by ctr.qemu (plan_boot/qemu_command) from "
             "the boot ctr recorded: same kernel, initramfs + run.conf, machine, accelerator, memory, cpus, "
-            "kernel command line; the ports go to files (status checked: `exit 0`) and the 9p root is the "
-            "image's tree itself, not an overlay over it",
+            "kernel command line, exec-slot listeners; the ports ctr reads go to files (the status is checked: "
+            "`exit 0`) and the 9p root is the image's tree itself, not an overlay over it",
         ], memory=False)
 
     def raw_qemu(self, cdir: Path):
@@ -492,12 +500,17 @@ class Suite:
             plan.spec, initrd=peer / "initrd.cpio", console_log=peer / "console.log",
             shares=tuple(dataclasses.replace(s, path=self.base_rootfs()) if s.tag == ROOT_TAG else s
                          for s in plan.spec.shares),
-            ports=tuple(Port(p.name, f"file,path={peer / p.name}") for p in plan.spec.ports))
+            # the ports ctr connects to its own sockets go to files; those qemu serves as listeners
+            # (the exec slots), nobody connecting to them, are listeners here too
+            ports=tuple(Port(p.name, f"socket,path={peer / p.name}.sock,server=on,wait=off"
+                             if "server=on" in p.backend else f"file,path={peer / p.name}")
+                        for p in plan.spec.ports))
         write_initrd(base, plan.guest, machine.initrd)
         status = peer / "ctr.status"
 
         def before() -> None:
-            status.unlink(missing_ok=True)
+            for leftover in [status, *peer.glob("*.sock")]:
+                leftover.unlink(missing_ok=True)
 
         def after() -> None:
             said = status.read_text() if status.exists() else ""
