@@ -30,8 +30,17 @@ How one run goes:
    a detached one (`run -d`: the monitor runs the same plan) logs the error line.
 
 Because the plan is an ordinary `Launch`, `run -d`, `start`, `start -a`, `stop`, `kill`,
-`wait` and `logs` need nothing special. `exec` is refused by the engine (joining host
-namespaces would not enter the guest).
+`wait` and `logs` need nothing special.
+
+`exec` (`exec_in()`): joining host namespaces would not enter the guest, so the guest's init
+serves exec slots -- the very slots of `ctr vm`'s guest agent (`ctr.vm.agent`) -- over
+virtio-serial ports that qemu serves as unix sockets in `vm/` (`ctr_N_ctl|out|err|in.sock`,
+bound by the helper before qemu starts).  A later `ctr exec` (another process) waits until
+`vm/qemu.pid` names the running helper (the sockets are then this run's), resolves `-u`
+against the image's /etc/passwd through the helper's mount namespace (/proc/PID/root), takes
+a free slot and runs the command in the guest's view of the container: chrooted into the
+9p root, with the container's env + `-e`, `-w`, `-u`; stdout/stderr relayed, stdin with
+`-i`, the command's own exit code (126/127, 128+n), ^C/SIGTERM forwarded.  `-t` is refused.
 """
 
 from __future__ import annotations
@@ -41,12 +50,13 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ctr.drivers.base import Availability, filesystem_supported
 from ctr.drivers.overlay import OverlayDriver
 from ctr.drivers.overlay import build_launch as overlay_launch
-from ctr.errors import CtrError, DriverError
+from ctr.errors import Conflict, CtrError, DriverError
 from ctr.launch import Launch
 from ctr.models import Container, Image
 
@@ -59,6 +69,10 @@ MIN_MEMORY = 128 * MIB  # a Debian generic kernel takes ~55 MB, its initramfs ~7
 BOOT_TIMEOUT = 60.0  # until the guest's init reports the command started; CTR_MICROVM_BOOT_TIMEOUT
 RUNTIME = "microvm.json"  # per-container: the run's spec (for the helper) and what inspect shows
 VM_DIR = "vm"  # per-container: console.log, qemu.log, result.json, qemu.pid
+# Exec slots (execs that can run at once; a further one waits for a slot) by the VM's size:
+# each slot is 4 virtio-serial ports, and the guest kernel fills every port's receive queue
+# with pages: ~4.3 MB of guest memory per port (Slab +68 MB measured for 4 slots).
+EXEC_SLOT_MB = ((1024, 2), (256, 1))  # (from this many MB, slots); below: none, exec refused
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 QEMU = "qemu-system-x86_64"
 
@@ -67,6 +81,10 @@ def _config():
     from ctr.config import load_config
 
     return load_config()
+
+
+def exec_slots(memory_mb: int) -> int:
+    return next((n for mb, n in EXEC_SLOT_MB if memory_mb >= mb), 0)
 
 
 def vm_size(container: Container, accel: str) -> tuple[int, int]:
@@ -184,6 +202,7 @@ class MicroVMDriver(OverlayDriver):
             "initramfs_cache": str(store.cache_dir / "initramfs"),
             "accelerator": choice.accel, "accelerator_reason": choice.reason,
             "memory": memory_mb * MIB, "memory_mb": memory_mb, "cpus": cpus,
+            "exec_slots": exec_slots(memory_mb),
             "qemu": qemu_bin, "boot_timeout": boot_timeout,
             "root": str(store.container_path(cid, "merged")),
             "run_dir": str(vm_dir),
@@ -236,6 +255,57 @@ class MicroVMDriver(OverlayDriver):
         """qemu dies with its helper; should it not have, it is killed now (by pid and start time)."""
         _kill_recorded(store.container_path(container.id, VM_DIR))
         super().cleanup(store, container)
+
+    def exec_in(self, store, container: Container, launch: Launch) -> int:
+        """`ctr exec` into the running container: `launch` (the engine's exec plan: argv, env,
+        cwd, user, stdin) runs in the guest through a free exec slot; returns its exit code,
+        137 when the container stops under it."""
+        from ctr import proc
+        from ctr.vm import agent
+
+        if launch.tty:
+            raise DriverError("exec -t is not supported on the microvm driver (no terminal in the VM yet)",
+                              hint="drop -t (stdin still works with -i)")
+        c = container
+        spec = _read_json(store.container_path(c.id, RUNTIME))
+        run_dir = Path(spec.get("run_dir") or store.container_path(c.id, VM_DIR))
+        slots = int(spec.get("exec_slots", 0))
+        if not slots:
+            least = EXEC_SLOT_MB[-1][0]
+            raise DriverError(f"exec needs a utility VM of at least {least} MB on the microvm driver "
+                              f"(this one has {spec.get('memory_mb', '?')} MB: every exec slot costs "
+                              "guest memory)", hint=f"run the container with --memory {least}m or more")
+
+        def alive() -> bool:
+            return proc.pid_alive(c.pid, c.pid_start)
+
+        # the slots' sockets are this run's once the helper has recorded its qemu
+        deadline = time.monotonic() + float(spec.get("boot_timeout") or BOOT_TIMEOUT)
+        while True:
+            info = _read_json(run_dir / "qemu.pid")
+            if (info.get("helper"), info.get("helper_start")) == (c.pid, c.pid_start):
+                break
+            if not alive():
+                raise Conflict(f"container {c.name} is not running")
+            if time.monotonic() >= deadline:
+                raise DriverError("the container's VM did not start its qemu in time",
+                                  hint=f"see {run_dir / 'qemu.log'}")
+            time.sleep(0.05)
+        uid, gid = resolve_user(f"/proc/{c.pid}/root{spec['root']}", launch.user or "")
+        try:
+            return agent.run_command(
+                run_dir, list(launch.argv), dict(launch.env), launch.cwd, user=(uid, gid),
+                stdin=0 if launch.stdin == "inherit" else None, slots=slots, alive=alive,
+                connect_timeout=max(1.0, deadline - time.monotonic()))
+        except DriverError:
+            # the VM went away under the command: when the container stopped (its helper
+            # exits right after qemu), the exec ended with it, as a process exec does
+            end = time.monotonic() + 5
+            while alive() and time.monotonic() < end:
+                time.sleep(0.05)
+            if not alive():
+                return 128 + signal.SIGKILL
+            raise
 
     def runtime_info(self, store, container: Container) -> dict:
         """The VM that ran (or will run) this container, for `inspect`."""
@@ -397,6 +467,8 @@ def helper(spec_path: str, quiet: bool = False) -> int:
             handle.signal(s)
         pending.clear()
 
+    listeners: dict = {}
+    slots = int(spec.get("exec_slots", 0))
     try:
         g = spec["guest"]
         for path in spec.get("hide", ()):
@@ -409,15 +481,17 @@ def helper(spec_path: str, quiet: bool = False) -> int:
             argv=tuple(g["argv"]),
             env=tuple(tuple(e.split("=", 1)) if "=" in e else (e, "") for e in g["env"]),  # type: ignore[misc]
             workdir=g["workdir"], uid=uid, gid=gid, hostname=g["hostname"],
-            extra={"CTR_TMPFS": "/tmp"},
+            extra={"CTR_TMPFS": "/tmp", "CTR_SLOTS": str(slots),
+                   "CTR_SLOT_PORTS": str(len(_slot_ports(slots)))},
         )
+        listeners = _bind_exec_sockets(run_dir, slots)
         volumes = [qemu.HostVolume(Path(v["source"]), v["target"], bool(v["readonly"])) for v in spec["volumes"]]
         result = qemu.boot_and_run(
             guest, kernel=kernel, initramfs=base, root=Path(spec["root"]), volumes=volumes,
             accel=spec["accelerator"], memory_mb=int(spec["memory_mb"]), cpus=int(spec["cpus"]),
             boot_timeout=float(spec["boot_timeout"]), timeout=None,
             stdout=1, stderr=2, stdin=0 if g["stdin"] else None,
-            run_dir=run_dir, qemu=spec["qemu"], on_start=started)
+            run_dir=run_dir, qemu=spec["qemu"], on_start=started, listeners=listeners)
         code = result.exit_code
         _write_result(run_dir, {"exit_code": code, "duration": round(result.duration, 3)})
         return code
@@ -435,6 +509,39 @@ def helper(spec_path: str, quiet: bool = False) -> int:
 
             output.error(message, hint)
         return 125
+    finally:
+        for name, sock in listeners.items():
+            sock.close()
+            _unlink(run_dir / f"{name}.sock")
+
+
+def _slot_ports(slots: int) -> list[str]:
+    from ctr.vm import agent
+
+    return agent.port_names(slots, control=False, stdin=True)
+
+
+def _bind_exec_sockets(run_dir: Path, slots: int) -> dict:
+    """The exec slots' sockets in the run directory, this run's (a stale one is replaced)."""
+    from ctr.vm import agent
+
+    listeners = {}
+    try:
+        for name in _slot_ports(slots):
+            _unlink(run_dir / f"{name}.sock")
+            listeners[name] = agent.bind_listener(run_dir / f"{name}.sock")
+    except BaseException:
+        for sock in listeners.values():
+            sock.close()
+        raise
+    return listeners
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

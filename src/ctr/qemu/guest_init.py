@@ -13,9 +13,18 @@ status port, syncs and powers off.
 Per-run settings come from /etc/ctr/run.conf, in a second cpio archive appended to the
 cached base one (`initramfs.run_archive`).  Protocol on the status port, one line each:
 `started` (the command was launched), then `exit N` (its code); or `error MESSAGE` (init
-itself failed).  On the control
-port the host may send `signal N` to signal the command.
+itself failed).  On the control port the host may send `signal N` to signal the command.
+
+Exec slots (`ctr exec` into a running container): with `CTR_SLOTS=N` (GuestConfig.extra)
+init also serves N exec slots on the ports `ctr_I_ctl`, `ctr_I_out`, `ctr_I_err`, `ctr_I_in`
+beside the command -- the very slots of `ctr vm`'s guest agent: the shell that starts a
+command, relays its output and delivers signals is `ctr.vm.agent.EXEC_SH`, used here for
+the container's own command and by the slots alike (protocol: `ctr.vm.agent`).  The
+command and the slots run as one pipeline, not as background jobs, which would start
+every command with SIGINT ignored.  Init waits for `CTR_SLOT_PORTS` such ports to appear.
 """
+
+from ctr.vm.agent import EXEC_SH
 
 INIT_SCRIPT = r"""#!/bin/sh
 # ctr guest init -- PID 1 of a ctr micro-VM.  Generated; see ctr/qemu/guest_init.py.
@@ -48,6 +57,7 @@ mark modules loaded
 OUT= ERR= IN= CTL=
 n=0
 while :; do
+    found=0
     for p in /sys/class/virtio-ports/*; do
         [ -r "$p/name" ] || continue
         read -r name <"$p/name"
@@ -57,10 +67,13 @@ while :; do
         ctr.status) STATUS=/dev/${p##*/} ;;
         ctr.stdin) IN=/dev/${p##*/} ;;
         ctr.control) CTL=/dev/${p##*/} ;;
+        ctr_*[!a-z0-9_]*) ;;
+        ctr_*) [ -c "/dev/${p##*/}" ] && eval "P_$name=/dev/${p##*/}" && found=$((found + 1)) ;;
         esac
     done
     [ -n "$OUT" ] && [ -n "$ERR" ] && [ "$STATUS" != /dev/null ] &&
-        { [ -z "$CTR_STDIN" ] || [ -n "$IN" ]; } && [ -c "$OUT" ] && [ -c "$ERR" ] && break
+        { [ -z "$CTR_STDIN" ] || [ -n "$IN" ]; } && [ -c "$OUT" ] && [ -c "$ERR" ] &&
+        [ "$found" -ge "${CTR_SLOT_PORTS:-0}" ] && break
     n=$((n + 1))
     [ $n -gt 1000 ] && fail "virtio-serial ports did not appear (is virtio_console loaded?)"
     sleep 0.01
@@ -117,38 +130,32 @@ for t in $CTR_TMPFS; do
     [ -d "$R$t" ] && [ ! -L "$R$t" ] && mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$R$t"
 done
 ifconfig lo up 2>/dev/null
-mkdir -p "$R$CTR_WORKDIR" 2>/dev/null
-
+""" + EXEC_SH + r"""
 mark starting command
-mkdir -p /run
-mkfifo /run/out /run/err
-cat /run/out >"$OUT" &
-c1=$!
-cat /run/err >"$ERR" &
-c2=$!
+mkdir -p /run/ctr
+X_ARGV=$CTR_ARGV X_ENV=$CTR_ENV X_WD=$CTR_WORKDIR X_USER=$CTR_USER
 if [ -n "$CTR_STDIN" ]; then SRC=$IN; else SRC=/dev/null; fi
-eval "exec env -i $CTR_ENV nsenter -r$R \"-w\$R\$CTR_WORKDIR\" $CTR_USER -- $CTR_ARGV" \
-    <"$SRC" >/run/out 2>/run/err &
-child=$!
-echo started >"$STATUS"
-if [ -n "$CTL" ]; then
+
+main() {
+    exec </dev/null >/dev/null
+    spawn /run/ctr/main "$OUT" "$ERR"
     # control port: "signal N" lines are delivered to the command
-    (while read -r verb arg; do
-        [ "$verb" = signal ] && kill -"$arg" $child 2>/dev/null
-    done <"$CTL") &
-fi
-wait $child
-rc=$?
-mark command exited
-# A command that left a background process holding its stdout must not hang the VM.
-(sleep 1; kill $c1 $c2) 2>/dev/null &
-wait $c1 $c2
-sync
-if [ "$CTR_ROOT_TYPE" = disk ]; then
-    # leave the VM's disk clean: unmount what init mounted, remount the root read-only
-    for m in dev/shm dev/pts dev sys proc; do umount "$R/$m" 2>/dev/null; done
-    mount -o remount,ro $R 2>/dev/null
-fi
-echo "exit $rc" >"$STATUS"
-poweroff -f
+    [ -z "$CTL" ] || relay_signals /run/ctr/main <"$CTL" &
+    run /run/ctr/main "$SRC" 5>"$STATUS"
+    rc=$?
+    mark command exited
+    # A command that left a background process holding its stdout must not hang the VM.
+    drain
+    sync
+    if [ "$CTR_ROOT_TYPE" = disk ]; then
+        # leave the VM's disk clean: unmount what init mounted, remount the root read-only
+        for m in dev/shm dev/pts dev sys proc; do umount "$R/$m" 2>/dev/null; done
+        mount -o remount,ro $R 2>/dev/null
+    fi
+    echo "exit $rc" >"$STATUS"
+    poweroff -f
+}
+
+# the command beside the exec slots (none without CTR_SLOTS); main powers the VM off
+with_slots main
 """

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import DriverError
+from ..vm.agent import nsenter_user
 from . import cpio
 from .guest_init import INIT_SCRIPT
 from .kernel import Kernel
@@ -341,7 +342,7 @@ def run_conf(cfg: GuestConfig) -> str:
         f"CTR_ARGV={q(' '.join(q(a) for a in cfg.argv))}",
         f"CTR_ENV={q(' '.join(q(f'{k}={v}') for k, v in cfg.env))}",
         f"CTR_WORKDIR={q(cfg.workdir.rstrip('/') or '/')}",
-        f"CTR_USER={q(f'-S {int(cfg.uid)} -G {int(cfg.gid)}' if (cfg.uid, cfg.gid) != (0, 0) else '')}",
+        f"CTR_USER={q(nsenter_user(cfg.uid, cfg.gid))}",
         f"CTR_HOSTNAME={q(cfg.hostname)}",
         f"CTR_MSIZE={int(cfg.msize)}",
         f"CTR_STDIN={'1' if cfg.stdin else ''}",

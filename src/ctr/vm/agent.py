@@ -60,16 +60,122 @@ GUEST_ROOT = "/mnt/root"
 INIT_PATH = "ctr/vm-init"
 
 
-def slot_ports(i: int) -> tuple[str, str, str]:
-    return f"ctr_{i}_ctl", f"ctr_{i}_out", f"ctr_{i}_err"
+def slot_ports(i: int, stdin: bool = False) -> tuple[str, ...]:
+    """Slot i's ports: ctl, out, err (and in, where the VM forwards an exec's stdin)."""
+    return (f"ctr_{i}_ctl", f"ctr_{i}_out", f"ctr_{i}_err") + ((f"ctr_{i}_in",) if stdin else ())
 
 
-def port_names(slots: int = SLOTS) -> list[str]:
-    names = [CONTROL]
+def port_names(slots: int = SLOTS, control: bool = True, stdin: bool = False) -> list[str]:
+    """Every agent port of a VM: the control port (`ctr vm`) and the slots' ports."""
+    names = [CONTROL] if control else []
     for i in range(slots):
-        names += slot_ports(i)
+        names += slot_ports(i, stdin)
     return names
 
+
+# The exec machinery in the guest's shell, shared by /ctr/vm-init (below) and the container
+# init of the microvm driver (`ctr.qemu.guest_init`), which runs its own command with it too.
+# Needs R (the root the commands see, chrooted into by busybox's nsenter), P_<port name> for
+# the slot ports (the device of each named virtio-serial port) and /run/ctr.
+EXEC_SH = r"""
+# Commands run in the foreground of a shell that was not started as a background job: a
+# background job (`&`) of a non-interactive shell starts with SIGINT and SIGQUIT ignored, for
+# good (no trap can undo it, and exec keeps it), so ^C could never reach the command.  The
+# slots therefore run beside the caller's own work as the elements of one pipeline
+# (`with_slots`), and what runs beside a command (its relays, the signal relay) is the
+# background job instead.
+
+# spawn FIFOS OUT ERR: the relays of a command's output: FIFOS.out/.err to two `cat`s writing
+# to the ports OUT and ERR (a port can be opened only once, and the command may reopen
+# /dev/stdout).  Sets c1, c2.
+spawn() {
+    rm -f $1.out $1.err $1.pid
+    mkfifo $1.out $1.err
+    cat $1.out >"$2" &
+    c1=$!
+    cat $1.err >"$3" &
+    c2=$!
+    mkdir -p "$R$X_WD" 2>/dev/null
+}
+
+# run FIFOS IN: run X_ARGV (env -i X_ENV, in $R$X_WD, as X_USER: "-S uid -G gid" or empty)
+# in the foreground with stdin from IN; it writes its pid to FIFOS.pid and `started` to fd 5
+# first.  Returns its status (126/127 from nsenter, 128+n for a signal).
+run() {
+    (read -r me _ </proc/self/stat; echo "$me" >$1.pid; echo started >&5
+     eval "exec env -i $X_ENV nsenter -r$R \"-w\$R\$X_WD\" $X_USER -- $X_ARGV" \
+         <"$2" >$1.out 2>$1.err 4>&- 5>&-)
+}
+
+# relay_signals FIFOS [kill]: "signal N" lines on stdin go to the command; at end of file (the
+# host went away) it is killed when asked to
+relay_signals() {
+    while read -r v a; do
+        [ "$v" = signal ] || continue
+        while [ ! -s $1.pid ]; do sleep 0.01; done
+        read -r p <$1.pid && kill -"$a" "$p" 2>/dev/null
+    done
+    [ -z "$2" ] || { read -r p <$1.pid && kill -KILL "$p"; } 2>/dev/null
+}
+
+# drain: wait for the relays; a background process still holding the command's stdout
+# must not hold them for more than a second
+drain() {
+    (sleep 1; kill $c1 $c2) 2>/dev/null &
+    k=$!
+    wait $c1 $c2
+    kill $k 2>/dev/null
+}
+
+# slot N: serve exec requests on the ports ctr_N_ctl/_out/_err (and _in, for stdin) forever
+slot() {
+    eval "ctl=\$P_ctr_$1_ctl out=\$P_ctr_$1_out err=\$P_ctr_$1_err in=\$P_ctr_$1_in"
+    f=/run/ctr/$1 req=/run/ctr/$1.req
+    exec 4<>"$ctl" </dev/null >/dev/null
+    while :; do
+        echo ready >&4 2>/dev/null || { sleep 1; continue; }
+        read -r verb arg <&4 || continue
+        [ "$verb" = exec ] || { echo "error unknown request $verb" >&4; continue; }
+        X_ARGV= X_ENV= X_WD=/ X_USER= X_IN= X_END=
+        echo "$arg" | base64 -d >$req 2>/dev/null && . $req || { echo "error bad request" >&4; continue; }
+        src=/dev/null ci=
+        if [ -n "$X_IN" ]; then
+            [ -n "$in" ] || { echo "error no stdin port in this VM" >&4; continue; }
+            rm -f $f.in
+            mkfifo $f.in
+            cat "$in" >$f.in &
+            ci=$!
+            src=$f.in
+        fi
+        spawn $f "$out" "$err"
+        # while it runs: "signal N" from the host; the host gone (end of file): kill it
+        relay_signals $f kill <&4 &
+        rd=$!
+        run $f $src 5>&4
+        rc=$?
+        kill $rd $ci 2>/dev/null
+        wait $rd $ci 2>/dev/null
+        drain
+        # end-of-stream markers: a port write returns before qemu has passed the data on,
+        # so the host reads each stream up to its marker.  A write for a host that went
+        # away waits for the next one, which discards what carries another's marker.
+        printf %s "$X_END" >"$out"
+        printf %s "$X_END" >"$err"
+        echo "exit $rc" >&4
+    done
+}
+
+# with_slots FUNCTION: run FUNCTION and CTR_SLOTS slots, side by side, as one pipeline
+with_slots() {
+    set -- "$1"
+    i=0
+    while [ $i -lt "${CTR_SLOTS:-0}" ]; do
+        set -- "$@" "| slot $i"
+        i=$((i + 1))
+    done
+    eval "$*"
+}
+"""
 
 VM_INIT = r"""#!/bin/sh
 # ctr VM init -- PID 1 of a `ctr vm` on the qemu driver.  Generated; see ctr/vm/agent.py.
@@ -129,56 +235,12 @@ if [ -d $R/dev ]; then
     mount -t tmpfs -o nosuid,nodev,mode=1777 shm $R/dev/shm
 fi
 [ -n "$CTR_HOSTNAME" ] && hostname "$CTR_HOSTNAME"
-
-slot() {
-    eval "ctl=\$P_ctr_$1_ctl out=\$P_ctr_$1_out err=\$P_ctr_$1_err"
-    fo=/run/ctr/$1.out fe=/run/ctr/$1.err req=/run/ctr/$1.req
-    exec 4<>"$ctl"
-    while :; do
-        echo ready >&4 2>/dev/null || { sleep 1; continue; }
-        read -r verb arg <&4 || continue
-        [ "$verb" = exec ] || { echo "error unknown request $verb" >&4; continue; }
-        X_ARGV= X_ENV= X_WD=/ X_END=
-        echo "$arg" | base64 -d >$req 2>/dev/null && . $req || { echo "error bad request" >&4; continue; }
-        rm -f $fo $fe
-        mkfifo $fo $fe
-        cat $fo >"$out" &
-        c1=$!
-        cat $fe >"$err" &
-        c2=$!
-        mkdir -p "$R$X_WD" 2>/dev/null
-        # exec: the background job is the command itself, so $child gets its signals
-        eval "exec env -i $X_ENV nsenter -r$R \"-w\$R\$X_WD\" -- $X_ARGV" </dev/null >$fo 2>$fe &
-        child=$!
-        # while it runs: "signal N" from the host; the host gone (end of file): kill it
-        (while read -r v a; do
-            [ "$v" = signal ] && kill -"$a" $child 2>/dev/null
-        done
-        kill -KILL $child 2>/dev/null) <&4 &
-        rd=$!
-        echo started >&4
-        wait $child
-        rc=$?
-        kill $rd 2>/dev/null
-        wait $rd 2>/dev/null
-        # a background process still holding the command's stdout must not hold the slot
-        (sleep 1; kill $c1 $c2) 2>/dev/null &
-        k=$!
-        wait $c1 $c2
-        kill $k 2>/dev/null
-        # end-of-stream markers: a port write returns before qemu has passed the data on,
-        # so the host reads each stream up to its marker.  A write for a host that went
-        # away waits for the next one, which discards what carries another's marker.
-        printf %s "$X_END" >"$out"
-        printf %s "$X_END" >"$err"
-        echo "exit $rc" >&4
-    done
-}
-
-alive() {  # any process left besides PID 1 and kernel threads (zombies do not count)?
+""" + EXEC_SH + r"""
+alive() {  # any process left besides PID 1, this one and kernel threads (zombies do not count)?
+    read -r me _ </proc/self/stat
     for s in /proc/[0-9]*/stat; do
         read -r pid _ state ppid _ <"$s" 2>/dev/null || continue
-        [ "$pid" = 1 ] || [ "$pid" = 2 ] || [ "$ppid" = 2 ] || [ "$state" = Z ] || return 0
+        [ "$pid" = 1 ] || [ "$pid" = "$me" ] || [ "$pid" = 2 ] || [ "$ppid" = 2 ] || [ "$state" = Z ] || return 0
     done
     return 1
 }
@@ -202,30 +264,30 @@ shutdown() {  # GRACE [force]
     poweroff -f
 }
 
-i=0
-while [ $i -lt "$CTR_SLOTS" ]; do
-    slot $i &
-    i=$((i + 1))
-done
-exec 3<>"$P_ctr_control"
-release=$(uname -r)
-say "ready"
-frozen=
-while :; do
-    echo "ready $release" >&3 2>/dev/null || { sleep 1; continue; }
-    while read -r verb arg <&3; do
-        case "$verb" in
-        ping) echo pong >&3 ;;
-        sync) sync; echo ok >&3 ;;
-        freeze) sync; if fsfreeze --freeze $R; then frozen=1; echo ok >&3; else echo "error cannot freeze the disk" >&3; fi ;;
-        thaw) [ -n "$frozen" ] && fsfreeze --unfreeze $R; frozen=; echo ok >&3 ;;
-        shutdown) [ -n "$frozen" ] && fsfreeze --unfreeze $R; shutdown $arg ;;
-        *) echo "error unknown request $verb" >&3 ;;
-        esac
-    done
-    [ -n "$frozen" ] && fsfreeze --unfreeze $R
+control() {
+    exec 3<>"$P_ctr_control" </dev/null >/dev/null
+    release=$(uname -r)
+    say "ready"
     frozen=
-done
+    while :; do
+        echo "ready $release" >&3 2>/dev/null || { sleep 1; continue; }
+        while read -r verb arg <&3; do
+            case "$verb" in
+            ping) echo pong >&3 ;;
+            sync) sync; echo ok >&3 ;;
+            freeze) sync; if fsfreeze --freeze $R; then frozen=1; echo ok >&3; else echo "error cannot freeze the disk" >&3; fi ;;
+            thaw) [ -n "$frozen" ] && fsfreeze --unfreeze $R; frozen=; echo ok >&3 ;;
+            shutdown) [ -n "$frozen" ] && fsfreeze --unfreeze $R; shutdown $arg ;;
+            *) echo "error unknown request $verb" >&3 ;;
+            esac
+        done
+        [ -n "$frozen" ] && fsfreeze --unfreeze $R
+        frozen=
+    done
+}
+
+# the control loop beside the exec slots (PID 1 waits for the pipeline; `shutdown` powers off)
+with_slots control
 """
 
 
@@ -277,9 +339,16 @@ def end_marker(token: str) -> bytes:
     return MARKER_PREFIX + token.encode() + b">"
 
 
-def exec_request(argv: list[str], env: dict[str, str], workdir: str, token: str) -> bytes:
+def nsenter_user(uid: int, gid: int) -> str:
+    """busybox nsenter's options to run as uid:gid (none for root)."""
+    return f"-S {int(uid)} -G {int(gid)}" if (int(uid), int(gid)) != (0, 0) else ""
+
+
+def exec_request(argv: list[str], env: dict[str, str], workdir: str, token: str,
+                 user: tuple[int, int] | None = None, stdin: bool = False) -> bytes:
     """The `exec B64` line a slot reads: shell assignments, every value quoted for eval;
-    X_END is the end-of-stream marker the slot writes after the command's output."""
+    X_END is the end-of-stream marker the slot writes after the command's output, X_USER
+    nsenter's options for (uid, gid), X_IN asks for stdin from the slot's in port."""
     if not argv:
         raise ValueError("empty command")
     if not workdir.startswith("/"):
@@ -292,6 +361,8 @@ def exec_request(argv: list[str], env: dict[str, str], workdir: str, token: str)
         f"X_ENV={q(' '.join(q(f'{k}={v}') for k, v in env.items()))}",
         f"X_WD={q(workdir.rstrip('/') or '/')}",
         f"X_END={q(end_marker(token).decode())}",
+        f"X_USER={q(nsenter_user(*user) if user else '')}",
+        f"X_IN={'1' if stdin else ''}",
     ]) + "\n"
     return b"exec " + base64.b64encode(script.encode("utf-8", "surrogateescape")) + b"\n"
 
@@ -477,25 +548,25 @@ def wait_ready(path: Path, deadline: float, alive: Callable[[], bool]) -> str:
 
 @contextmanager
 def _slot(run_dir: Path, slots: int) -> Iterator[int]:
-    """Take a free exec slot (flock on its lock file); wait on one when all are busy."""
+    """Take a free exec slot (flock on its lock file); when all are busy, wait for whichever
+    frees first (polled: waiting on one would wait behind a long command while others free)."""
     import fcntl
 
     fds = []
     try:
         for i in range(slots):
-            fd = os.open(run_dir / f"slot{i}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                continue
-            yield i
-            return
-        i = os.getpid() % slots
-        fcntl.flock(fds[i], fcntl.LOCK_EX)
-        yield i
+            fds.append(os.open(run_dir / f"slot{i}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        while True:
+            for i, fd in enumerate(fds):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                    continue
+                yield i
+                return
+            time.sleep(0.05)
     finally:
         for fd in fds:
             os.close(fd)
@@ -524,23 +595,33 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 
 
 def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: str, *,
-                stdout: Sink = 1, stderr: Sink = 2, slots: int = SLOTS,
+                stdout: Sink = 1, stderr: Sink = 2, stdin: BinaryIO | int | None = None,
+                user: tuple[int, int] | None = None, slots: int = SLOTS,
                 alive: Callable[[], bool] = lambda: True, connect_timeout: float = 30.0,
                 drain_timeout: float = 30.0) -> int:
     """Run `argv` in the VM through a free exec slot; stream its output; return its exit
-    code (126/127 from the guest as they are).  Signals sent to this process (INT, TERM,
-    HUP, QUIT, USR1, USR2) are passed to the command.  DriverError when the VM goes away."""
+    code (126/127 from the guest as they are).  `stdin` (fd or binary file; the VM needs
+    the slots' in ports) is copied to the command, else it reads /dev/null; `user` is
+    (uid, gid).  Signals sent to this process (INT, TERM, HUP, QUIT, USR1, USR2) are passed
+    to the command.  DriverError when the VM goes away."""
     token = secrets.token_hex(16)
-    request = exec_request(argv, env, workdir, token)
+    request = exec_request(argv, env, workdir, token, user=user, stdin=stdin is not None)
     with _slot(run_dir, slots) as i:
         socks: list[socket.socket] = []
         try:
-            for name in slot_ports(i):
+            for name in slot_ports(i, stdin is not None):
                 socks.append(connect(run_dir / f"{name}.sock", connect_timeout))
-            ctl, out, err = socks
+            ctl, out, err = socks[:3]
             lines = Lines(ctl)
             _await_ready(lines, alive, connect_timeout)
             ctl.sendall(request)
+            if stdin is not None:
+                import threading
+
+                from ctr.qemu.run import _pump_stdin
+
+                threading.Thread(target=_pump_stdin, args=(stdin, socks[3]), name="ctr-exec-stdin",
+                                 daemon=True).start()
             return _stream(ctl, lines, {out: StreamEnd(token, _writer(stdout)),
                                         err: StreamEnd(token, _writer(stderr))},
                            alive, drain_timeout)

@@ -1,0 +1,214 @@
+"""`ctr exec` into a running hyperv container on the `microvm` driver: the command runs in the
+guest (its kernel, its PIDs, the container's 9p root), through the exec slots its init serves.
+
+One detached container serves every check that needs a guest (one boot under TCG); it is
+removed with `ctr rm -f ID` however the tests end. Needs what tests/test_microvm.py needs
+(root, qemu, a static busybox, a kernel in $CTR_TEST_KERNEL_DIR: conftest.qemu_missing); skips
+with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import Ctr, import_kernel, make_rootfs
+
+pytestmark = pytest.mark.qemu
+
+
+# ============================================================================ no boot
+def test_one_exec_shell_serves_both_inits():
+    """The container init and `ctr vm`'s agent share the shell that starts a command, relays its
+    output and delivers signals; the container init's cache key follows it."""
+    from ctr.qemu import initramfs
+    from ctr.qemu.guest_init import INIT_SCRIPT
+    from ctr.vm import agent
+
+    assert agent.EXEC_SH in INIT_SCRIPT and agent.EXEC_SH in agent.VM_INIT
+    for script in (INIT_SCRIPT, agent.VM_INIT):
+        assert script.count("nsenter -r") == 1 and script.count("mkfifo $1.out") == 1
+
+
+def test_initramfs_is_rebuilt_when_init_changes(tmp_path, monkeypatch):
+    from test_qemu_initramfs import fake_kernel, fake_static_busybox
+
+    from ctr.qemu import initramfs
+
+    kernel = fake_kernel(tmp_path)
+    bb = fake_static_busybox(tmp_path / "busybox")
+    first = initramfs.base_initramfs(kernel, tmp_path / "cache", busybox=bb)
+    assert initramfs.base_initramfs(kernel, tmp_path / "cache", busybox=bb).path == first.path  # cached
+    monkeypatch.setattr(initramfs, "INIT_SCRIPT", initramfs.INIT_SCRIPT + "# changed\n")
+    second = initramfs.base_initramfs(kernel, tmp_path / "cache", busybox=bb)
+    assert second.path != first.path and b"# changed" in second.path.read_bytes()
+
+
+def test_exec_request_carries_user_and_stdin():
+    from ctr.vm import agent
+
+    import base64
+
+    token = "ab" * 16
+    req = base64.b64decode(agent.exec_request(["id"], {}, "/", token, user=(65534, 65534), stdin=True)[5:])
+    assert b"X_USER='-S 65534 -G 65534'" in req and b"X_IN=1" in req
+    req = base64.b64decode(agent.exec_request(["id"], {}, "/", token, user=(0, 0))[5:])
+    assert b"X_USER=''" in req and b"X_IN=\n" in req
+    assert agent.port_names(2, control=False, stdin=True) == [
+        "ctr_0_ctl", "ctr_0_out", "ctr_0_err", "ctr_0_in", "ctr_1_ctl", "ctr_1_out", "ctr_1_err", "ctr_1_in"]
+
+
+# ============================================================================ one boot
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, qemu_kernel):
+    """A store with the test kernel and the busybox image, and one detached microvm container
+    (`ex`: env FROM_RUN=1, workdir /srv) for every check (skipped, saying why, where qemu
+    cannot boot a guest)."""
+    base = tmp_path_factory.mktemp("microvm-exec")
+    ctr = Ctr(base / "root", base / "config.yaml")
+    import_kernel(ctr)
+    rootfs = make_rootfs(base / "rootfs")
+    for applet in ("ps", "grep", "tr"):
+        os.symlink("busybox", rootfs / "bin" / applet)
+    (rootfs / "srv").mkdir()
+    (rootfs / "srv" / "from-image").write_text("image data\n")
+    ctr.ok("image", "import", str(rootfs), "bb")
+    cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "microvm", "--name", "ex",
+                 "-e", "FROM_RUN=1", "-w", "/srv", "bb", "sh", "-c", "echo started; exec sleep 600").strip()
+    try:
+        yield {"ctr": ctr, "id": cid, "kernel": qemu_kernel}
+    finally:
+        ctr("rm", "-f", cid)
+        ctr.cleanup()
+
+
+def _exec(box, *args: str, **kw):
+    return box["ctr"]("exec", *args, **kw)
+
+
+def test_exec_runs_in_the_guest(box):
+    """The first exec right after `run -d` waits for the guest to boot; the command sees the
+    guest's kernel and processes, the container's files, env, workdir, hostname and users."""
+    ctr, cid = box["ctr"], box["id"]
+    r = _exec(box, "ex", "sh", "-c", "echo out; echo err >&2; uname -r; hostname; pwd; cat from-image; "
+              "echo FROM_RUN=$FROM_RUN; tr '\\0' ' ' </proc/1/cmdline; echo")
+    assert r.code == 0, r
+    assert r.err == "err\n"
+    assert r.out.splitlines() == ["out", box["kernel"].release, cid[:12], "/srv", "image data", "FROM_RUN=1",
+                                  "/bin/sh /init "]
+    assert box["kernel"].release != os.uname().release
+    # -e, -w, -u as for process containers (names from the image's /etc/passwd)
+    r = _exec(box, "-e", "FOO=bar", "-e", "FROM_RUN=2", "-w", "/root", "-u", "nobody", "ex",
+              "sh", "-c", 'echo "$FOO $FROM_RUN $(pwd) $(id -u):$(id -g)"')
+    assert (r.code, r.out) == (0, "bar 2 /root 65534:65534\n"), r
+    # writes land in the container's writable layer (the guest's 9p root is its merged view)
+    assert _exec(box, "ex", "sh", "-c", "echo from-exec > /made-by-exec").code == 0
+    assert "A /made-by-exec" in ctr.ok("diff", "ex").splitlines()
+    rec = json.loads(ctr.ok("inspect", "ex"))[0]
+    assert "microvm" in json.dumps(rec)
+    r = _exec(box, "-u", "nosuchuser", "ex", "true")
+    assert r.code == 125 and r.err.count("Error:") == 1 and "nosuchuser" in r.err, r
+
+
+def test_exit_codes_and_stdin(box):
+    assert _exec(box, "ex", "sh", "-c", "exit 3").code == 3
+    r = _exec(box, "ex", "no-such-command")
+    assert r.code == 127 and "no-such-command" in r.err, r
+    assert _exec(box, "ex", "/srv/from-image").code == 126
+    assert _exec(box, "ex", "sh", "-c", "kill -TERM $$").code == 143
+    r = _exec(box, "-i", "ex", "sh", "-c", "cat; echo end", input="piped\nlines\n")
+    assert (r.code, r.out) == (0, "piped\nlines\nend\n"), r
+    r = _exec(box, "ex", "cat", input="ignored\n")  # stdin is /dev/null without -i
+    assert (r.code, r.out) == (0, ""), r
+
+
+def test_tty_is_refused_with_a_hint(box):
+    r = _exec(box, "-t", "ex", "true")
+    assert r.code == 125 and r.err.count("Error:") == 1 and "not supported on the microvm driver" in r.err, r
+    assert "Hint:" in r.err
+
+
+def _popen_exec(box, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ctr", "exec", *args], env=box["ctr"].env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_line(p: subprocess.Popen, want: bytes) -> None:
+    line = p.stdout.readline()  # type: ignore[union-attr]
+    assert line == want, (line, p.stderr.read() if p.poll() is not None else b"")  # type: ignore[union-attr]
+
+
+def test_signals_reach_the_command(box):
+    """SIGTERM and ^C (SIGINT) sent to `ctr exec` go to the command in the guest."""
+    trap = _popen_exec(box, "ex", "sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; "
+                       "while :; do sleep 0.1; done")
+    sleeper = _popen_exec(box, "ex", "sh", "-c", "echo ready; exec sleep 600")
+    try:
+        _wait_line(trap, b"ready\n")
+        _wait_line(sleeper, b"ready\n")
+        trap.send_signal(signal.SIGTERM)
+        sleeper.send_signal(signal.SIGINT)
+        out, err = trap.communicate(timeout=60)
+        assert (trap.returncode, out) == (7, b"got-term\n"), err
+        sleeper.communicate(timeout=60)
+        assert sleeper.returncode == 130
+    finally:
+        for p in (trap, sleeper):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_execs_run_at_once(box):
+    """As many execs as the VM has slots (2 at the default 1 GiB) meet at a barrier in the
+    guest: each only ends once all have started; one more waits for a free slot."""
+    from ctr.drivers import microvm
+
+    n = microvm.exec_slots(1024)
+    assert n == 2
+    script = ("touch /tmp/at-{i}; n=0; while [ $(ls /tmp | grep -c at-) -lt {n} ]; do "
+              "n=$((n + 1)); [ $n -gt 600 ] && exit 9; sleep 0.1; done; echo {i}")
+    ps = [_popen_exec(box, "ex", "sh", "-c", script.format(i=i, n=n)) for i in range(n)]
+    ps.append(_popen_exec(box, "ex", "echo", "waited"))
+    outs = [p.communicate(timeout=120)[0] for p in ps]
+    assert outs == [f"{i}\n".encode() for i in range(n)] + [b"waited\n"]
+    assert [p.returncode for p in ps] == [0] * (n + 1)
+
+
+def test_a_small_vm_has_no_slots(box):
+    """Every slot costs guest memory: below 256 MB there is none, and exec says how to get one."""
+    from ctr.drivers import microvm
+
+    assert [microvm.exec_slots(mb) for mb in (128, 255, 256, 1023, 1024, 4096)] == [0, 0, 1, 1, 2, 2]
+    ctr = box["ctr"]
+    cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "microvm", "--memory", "128m",
+                 "bb", "sleep", "600").strip()
+    try:
+        r = ctr("exec", cid, "true")
+        assert r.code == 125 and r.err.count("Error:") == 1 and "at least 256 MB" in r.err, r
+        assert "--memory 256m" in r.err
+    finally:
+        ctr("rm", "-f", cid)
+
+
+def test_not_running_is_the_usual_error(box):
+    """An exec running when the container stops ends with it (137, as for a process container);
+    one into a stopped container gets the error every driver gives. Runs last: stops `ex`."""
+    ctr = box["ctr"]
+    session = _popen_exec(box, "ex", "sh", "-c", "echo ready; exec sleep 600")
+    try:
+        _wait_line(session, b"ready\n")
+        ctr.ok("stop", "-t", "30", "ex")
+        session.communicate(timeout=60)
+        assert session.returncode == 137
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    r = _exec(box, "ex", "true")
+    assert r.code == 125 and r.err.count("Error:") == 1 and "is not running" in r.err, r
