@@ -280,31 +280,41 @@ def layer_manifest(layer_dir: str, digests: dict[int, str] | None = None) -> tup
         st = os.fstat(root)
         w.line(b".", b"d", st, b"opaque" if _opaque_fd(root) else b"", mtime=0)
         w.walk(root, b"")
+        w.flush()
     finally:
         os.close(root)
     return "sha256:" + w.hash.hexdigest(), w.size
 
 
 class _Manifest:
+    # a line: path, type, mode, uid, gid, whole-second mtime, size, extra; every field ends
+    # with NUL, which no name, target or number holds, so the manifest reads one way only
+    LINE = b"%s\0%s\0%o\0%d\0%d\0%d\0%d\0%s\0\n"
+
     def __init__(self, hash, digests: dict[int, str]):
         self.hash, self.digests, self.size = hash, digests, 0
         self.links: dict[tuple[int, int], bytes] = {}
+        self.lines: list[bytes] = []
 
     def line(self, path: bytes, kind: bytes, st: os.stat_result | None, extra: bytes = b"",
              size: int = 0, mtime: int | None = None) -> None:
-        # every field ends with NUL, which no name, target or number holds: unambiguous
         if st is None:
-            fields = (path, kind, b"0", b"0", b"0", b"0", b"0", extra)
+            self.lines.append(self.LINE % (path, kind, 0, 0, 0, 0, 0, extra))
         else:
-            fields = (path, kind, b"%o" % stat.S_IMODE(st.st_mode), b"%d" % st.st_uid, b"%d" % st.st_gid,
-                      b"%d" % (st.st_mtime_ns // 10**9 if mtime is None else mtime), b"%d" % size, extra)
-        self.hash.update(b"\0".join(fields) + b"\0\n")
+            self.lines.append(self.LINE % (path, kind, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                                           st.st_mtime_ns // 10**9 if mtime is None else mtime, size, extra))
+
+    def flush(self) -> None:
+        self.hash.update(b"".join(self.lines))
+        self.lines.clear()
 
     def walk(self, dirfd: int, rel: bytes) -> None:
+        lines, digests, fsencode, S_IFMT = self.lines, self.digests, os.fsencode, stat.S_IFMT
         for name, st in _entries(dirfd):
-            path = rel + os.fsencode(name)
+            path = rel + fsencode(name)
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
+            kind = S_IFMT(mode)
+            if kind == stat.S_IFDIR:
                 try:
                     fd = _open_dir(name, dirfd)
                 except FileNotFoundError:
@@ -316,27 +326,28 @@ class _Manifest:
                     os.close(fd)
                 continue
             self.size += st.st_size
-            if is_whiteout(st):
-                self.line(path, b"w", None)
-                continue
-            if st.st_nlink > 1:  # a second name of the same inode: recorded as a link
-                key = (st.st_dev, st.st_ino)
-                first = self.links.setdefault(key, path)
+            if st.st_nlink > 1 and not is_whiteout(st):  # a second name of an inode: a link line
+                first = self.links.setdefault((st.st_dev, st.st_ino), path)
                 if first != path:
                     self.line(path, b"h", None, first)
                     continue
-            if stat.S_ISREG(mode):
-                digest = self.digests.get(st.st_ino) or _file_digest(dirfd, name, path)
-                self.line(path, b"f", st, digest.encode(), st.st_size)
-            elif stat.S_ISLNK(mode):
-                self.line(path, b"l", st, os.fsencode(os.readlink(name, dir_fd=dirfd)))
-            elif stat.S_ISFIFO(mode):
+            if kind == stat.S_IFREG:  # most entries: the line written here
+                digest = digests.get(st.st_ino) or _file_digest(dirfd, name, path)
+                lines.append(self.LINE % (path, b"f", mode & 0o7777, st.st_uid, st.st_gid,
+                                          st.st_mtime_ns // 10**9, st.st_size, digest.encode()))
+            elif kind == stat.S_IFLNK:
+                self.line(path, b"l", st, fsencode(os.readlink(name, dir_fd=dirfd)))
+            elif is_whiteout(st):
+                self.line(path, b"w", None)
+            elif kind == stat.S_IFIFO:
                 self.line(path, b"p", st)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK):
                 dev = b"%d,%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
-                self.line(path, b"c" if stat.S_ISCHR(mode) else b"b", st, dev)
+                self.line(path, b"c" if kind == stat.S_IFCHR else b"b", st, dev)
             else:
                 self.line(path, b"s", st)
+            if len(lines) > 4096:
+                self.flush()
 
 
 def _file_digest(dirfd: int, name: str, path: bytes) -> str:
