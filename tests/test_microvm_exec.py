@@ -67,7 +67,7 @@ def test_exec_request_carries_user_and_stdin():
 @pytest.fixture(scope="module")
 def box(tmp_path_factory, qemu_kernel):
     """A store with the test kernel and the busybox image, and one detached microvm container
-    (`ex`: env FROM_RUN=1, workdir /srv) for every check (skipped, saying why, where qemu
+    (`ex`: env FROM_RUN=1, workdir /srv, 2 GiB: two exec slots) for every check (skipped, saying why, where qemu
     cannot boot a guest)."""
     base = tmp_path_factory.mktemp("microvm-exec")
     ctr = Ctr(base / "root", base / "config.yaml")
@@ -79,7 +79,7 @@ def box(tmp_path_factory, qemu_kernel):
     (rootfs / "srv" / "from-image").write_text("image data\n")
     ctr.ok("image", "import", str(rootfs), "bb")
     cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "microvm", "--name", "ex",
-                 "-e", "FROM_RUN=1", "-w", "/srv", "bb", "sh", "-c", "echo started; exec sleep 600").strip()
+                 "--memory", "2g", "-e", "FROM_RUN=1", "-w", "/srv", "bb", "sh", "-c", "echo started; exec sleep 600").strip()
     try:
         yield {"ctr": ctr, "id": cid, "kernel": qemu_kernel}
     finally:
@@ -165,11 +165,11 @@ def test_signals_reach_the_command(box):
 
 
 def test_execs_run_at_once(box):
-    """As many execs as the VM has slots (2 at the default 1 GiB) meet at a barrier in the
-    guest: each only ends once all have started; one more waits for a free slot."""
+    """As many execs as the VM has slots (2 for `ex`'s 2 GiB) meet at a barrier in the guest:
+    each only ends once all have started; one more waits for a free slot."""
     from ctr.drivers import microvm
 
-    n = microvm.exec_slots(1024)
+    n = microvm.exec_slots(2048)
     assert n == 2
     script = ("touch /tmp/at-{i}; n=0; while [ $(ls /tmp | grep -c at-) -lt {n} ]; do "
               "n=$((n + 1)); [ $n -gt 600 ] && exit 9; sleep 0.1; done; echo {i}")
@@ -184,7 +184,7 @@ def test_a_small_vm_has_no_slots(box):
     """Every slot costs guest memory: below 256 MB there is none, and exec says how to get one."""
     from ctr.drivers import microvm
 
-    assert [microvm.exec_slots(mb) for mb in (128, 255, 256, 1023, 1024, 4096)] == [0, 0, 1, 1, 2, 2]
+    assert [microvm.exec_slots(mb) for mb in (128, 255, 256, 1024, 2047, 2048, 4096)] == [0, 0, 1, 1, 1, 2, 2]
     ctr = box["ctr"]
     cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "microvm", "--memory", "128m",
                  "bb", "sleep", "600").strip()

@@ -21,7 +21,9 @@ beside the command -- the very slots of `ctr vm`'s guest agent: the shell that s
 command, relays its output and delivers signals is `ctr.vm.agent.EXEC_SH`, used here for
 the container's own command and by the slots alike (protocol: `ctr.vm.agent`).  The
 command and the slots run as one pipeline, not as background jobs, which would start
-every command with SIGINT ignored.  Init waits for `CTR_SLOT_PORTS` such ports to appear.
+every command with SIGINT ignored.  Init does not wait for the slots' ports before starting
+the command (every port costs the guest kernel time and memory to set up): each slot waits
+for its own, its `in` port too with `CTR_SLOT_STDIN=1`.
 """
 
 from ctr.vm.agent import EXEC_SH
@@ -57,7 +59,6 @@ mark modules loaded
 OUT= ERR= IN= CTL=
 n=0
 while :; do
-    found=0
     for p in /sys/class/virtio-ports/*; do
         [ -r "$p/name" ] || continue
         read -r name <"$p/name"
@@ -67,13 +68,10 @@ while :; do
         ctr.status) STATUS=/dev/${p##*/} ;;
         ctr.stdin) IN=/dev/${p##*/} ;;
         ctr.control) CTL=/dev/${p##*/} ;;
-        ctr_*[!a-z0-9_]*) ;;
-        ctr_*) [ -c "/dev/${p##*/}" ] && eval "P_$name=/dev/${p##*/}" && found=$((found + 1)) ;;
         esac
     done
     [ -n "$OUT" ] && [ -n "$ERR" ] && [ "$STATUS" != /dev/null ] &&
-        { [ -z "$CTR_STDIN" ] || [ -n "$IN" ]; } && [ -c "$OUT" ] && [ -c "$ERR" ] &&
-        [ "$found" -ge "${CTR_SLOT_PORTS:-0}" ] && break
+        { [ -z "$CTR_STDIN" ] || [ -n "$IN" ]; } && [ -c "$OUT" ] && [ -c "$ERR" ] && break
     n=$((n + 1))
     [ $n -gt 1000 ] && fail "virtio-serial ports did not appear (is virtio_console loaded?)"
     sleep 0.01

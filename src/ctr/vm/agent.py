@@ -127,8 +127,31 @@ drain() {
     kill $k 2>/dev/null
 }
 
+# slot_ports N: wait for slot N's ports (qemu announces ports asynchronously; the container
+# init does not wait for them before starting its command) and set P_ctr_N_ctl, _out, _err
+# and _in (which only CTR_SLOT_STDIN waits for)
+slot_ports() {
+    n=0
+    while :; do
+        eval "[ -n \"\$P_ctr_$1_ctl\" ] && [ -n \"\$P_ctr_$1_out\" ] && [ -n \"\$P_ctr_$1_err\" ] &&
+            { [ -z \"\$CTR_SLOT_STDIN\" ] || [ -n \"\$P_ctr_$1_in\" ]; }" && return 0
+        n=$((n + 1))
+        [ $n -gt 1000 ] && { say "exec slot $1: its ports did not appear"; return 1; }
+        [ $n -gt 1 ] && sleep 0.05
+        for p in /sys/class/virtio-ports/*; do
+            [ -r "$p/name" ] || continue
+            read -r name <"$p/name"
+            case "$name" in
+            ctr_$1_ctl | ctr_$1_out | ctr_$1_err | ctr_$1_in)
+                [ -c "/dev/${p##*/}" ] && eval "P_$name=/dev/${p##*/}" ;;
+            esac
+        done
+    done
+}
+
 # slot N: serve exec requests on the ports ctr_N_ctl/_out/_err (and _in, for stdin) forever
 slot() {
+    slot_ports $1 || return
     eval "ctl=\$P_ctr_$1_ctl out=\$P_ctr_$1_out err=\$P_ctr_$1_err in=\$P_ctr_$1_in"
     f=/run/ctr/$1 req=/run/ctr/$1.req
     exec 4<>"$ctl" </dev/null >/dev/null
