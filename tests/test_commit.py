@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -519,3 +520,30 @@ def test_commit_and_export_of_a_sandbox_container(ctr, bb, tmp_path):
     assert diff_views(before, view_of(ctr, "hvimg", "overlay")) == []
     ctr.ok("export", "hv", "-o", str(tmp_path / "hv.tar"))
     assert diff_views(before, tar_view((tmp_path / "hv.tar").read_bytes())) == []
+
+
+def _read_then_close(ctr, *args: str) -> subprocess.Popen:
+    """Run `ctr ARGS` with stdout on a pipe whose reader takes 10 bytes and goes away.
+    Without PYTHONUNBUFFERED (set in this workplace's shells): unbuffered, Python's text layer
+    drops the rest of a write the kernel took only in part, so no error would be seen."""
+    env = {k: v for k, v in ctr.env.items() if k != "PYTHONUNBUFFERED"}
+    p = subprocess.Popen([sys.executable, "-m", "ctr", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    assert len(p.stdout.read(10)) == 10
+    p.stdout.close()
+    p.wait(timeout=60)
+    return p
+
+
+def test_a_reader_going_away_ends_ctr_by_sigpipe(ctr, bb):
+    """`ctr export x | head` (click's command path) and `ctr diff x | head` (the fast path)
+    end as docker and every Unix filter do: killed by SIGPIPE, nothing on stderr."""
+    ctr.ok("run", "--name", "big", bb, "sh", "-c",
+           "mkdir /many && cd /many && i=0; while [ $i -lt 8000 ]; do : > f$i; i=$((i+1)); done")
+    for args in (("export", "big"), ("diff", "big")):
+        p = _read_then_close(ctr, *args)
+        assert p.returncode == -signal.SIGPIPE, (args, p.returncode, p.stderr.read())
+        assert p.stderr.read() == b"", args
+    # a reader that reads everything: a normal exit
+    p = subprocess.run([sys.executable, "-m", "ctr", "diff", "big"], capture_output=True, env=ctr.env)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 8001  # /many and its files

@@ -14,7 +14,7 @@ from ctr.cli import completion, containers, images, kube, system
 from ctr.cli import lifecycle
 from ctr.cli import commit
 from ctr.cli import vm
-from ctr.cli.common import G, report_error
+from ctr.cli.common import G, report_error, stdout_gone
 
 app = typer.Typer(
     name="ctr",
@@ -122,10 +122,16 @@ def run_cli(argv: list[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
+    except SystemExit as e:
+        if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+            # click's answer to EPIPE: it wrapped stdout and exited 1; ours is docker's
+            sys.stdout = sys.__stdout__
+            return stdout_gone()
+        raise
     except Exception as e:
         return report_error(e)
     finally:
-        from ctr.cli.common import reset
+        from ctr.cli.common import flush_stdout, reset
 
-        sys.stdout.flush()
+        flush_stdout()
         reset()

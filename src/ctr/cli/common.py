@@ -4,6 +4,8 @@ Imports neither typer nor click at module level: the fast path (cli/fast.py) use
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs every command ~3 ms)
@@ -167,6 +169,40 @@ def complete_vm(ctx, incomplete: str) -> list[tuple[str, str]]:
         return []
 
 
+class _Pipe:
+    closed = False  # the reader of stdout went away (`ctr export x | head`)
+
+
+def stdout_gone() -> int:
+    """The reader of stdout went away. Point fd 1 at /dev/null, so the bytes Python still
+    holds for it are dropped instead of failing every later flush, and remember it: `main`
+    then ends the process the way docker, podman and every Unix filter end, killed by
+    SIGPIPE (141 in the shell), without a word on stderr. Returns that status."""
+    _Pipe.closed = True
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    return 128 + 13
+
+
+def flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def end(status: int) -> None:
+    """Exit with `status`, or die of SIGPIPE when stdout's reader went away."""
+    if _Pipe.closed:
+        import signal
+
+        sys.stderr.flush()
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(status)
+
+
 def report_error(e: Exception) -> int:
     """Turn an exception that reached the command line into one `Error:` line (traceback only
     with --debug) and the exit code; shared by the typer app and the fast path."""
@@ -174,7 +210,7 @@ def report_error(e: Exception) -> int:
     from ctr.errors import CtrError, environment_error
 
     if isinstance(e, BrokenPipeError):
-        return 0
+        return stdout_gone()
     if G.debug:
         import traceback
 

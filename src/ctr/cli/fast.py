@@ -73,7 +73,11 @@ COMMANDS: dict[str, dict] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(argv))
+    status = run_cli(argv)
+    from ctr.cli.common import end, flush_stdout
+
+    flush_stdout()
+    end(status)
 
 
 def run_cli(argv: list[str] | None = None) -> int:
@@ -220,7 +224,7 @@ def _print_version() -> int:
 def guard(call: Callable[[], int | None]) -> int:
     """Run a command body as cli/app.py's run_cli does: a CtrError is one `Error:` line and its
     exit code, anything unexpected one line too (the traceback with --debug)."""
-    from ctr.cli.common import report_error, reset
+    from ctr.cli.common import flush_stdout, report_error, reset
 
     try:
         rv = call()
@@ -230,5 +234,5 @@ def guard(call: Callable[[], int | None]) -> int:
     except Exception as e:
         return report_error(e)
     finally:
-        sys.stdout.flush()
+        flush_stdout()
         reset()
