@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from ctr import faults
 from ctr.engine.context import Context
 from ctr.engine.refs import resolve
 from ctr.errors import Conflict, CtrError, ImageImportError, InvalidArgument, NotFound
 from ctr.images.digest import HOST_IMAGE_ID, HashingReader, canonical_json, digest_bytes
-from ctr.models import HOST_IMAGE, Image, ImageConfig, now_iso
+from ctr.models import HOST_IMAGE, Image, ImageConfig, Record, now_iso
 from ctr.store.store import remove_path
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # (typing and dataclasses are not imported at run time: `run` reads
+if TYPE_CHECKING:  # image records through this module; docs/performance.md)
     import threading
+    from typing import BinaryIO, Callable
 
 # tarfile and threading are imported where a directory is imported: `run`, `ps` and `diff`
 # read image records only (docs/performance.md)
@@ -82,12 +82,11 @@ def get_image(ctx: Context, ref: str) -> Image:
 
 
 # ----------------------------------------------------------------------------- import
-@dataclass
-class ImportReport:
-    image: Image
-    layer_new: bool
-    entries: int
-    skipped: list[str]
+class ImportReport(Record):
+    __slots__ = _fields = ("image", "layer_new", "entries", "skipped")
+
+    def __init__(self, image: Image, layer_new: bool, entries: int, skipped: list[str]):
+        self.image, self.layer_new, self.entries, self.skipped = image, layer_new, entries, skipped
 
 
 def _open_archive(path: Path) -> BinaryIO:
@@ -228,12 +227,11 @@ def _tree_size(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- remove
-@dataclass
-class RemoveReport:
-    ref: str
-    untagged: list[str]
-    deleted: str | None
-    error: CtrError | None = None
+class RemoveReport(Record):
+    __slots__ = _fields = ("ref", "untagged", "deleted", "error")
+
+    def __init__(self, ref: str, untagged: list[str], deleted: str | None, error: CtrError | None = None):
+        self.ref, self.untagged, self.deleted, self.error = ref, untagged, deleted, error
 
 
 def remove_images(ctx: Context, refs: list[str], force: bool = False) -> list[RemoveReport]:

@@ -13,32 +13,31 @@ import os
 import select
 import signal
 import time
-from collections import deque
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
 
 from ctr import monitor, proc
 from ctr.drivers import Driver, get_driver
 from ctr.engine.containers import _load, get_container, reconcile, start_foreground, update
 from ctr.engine.context import Context
-from ctr.engine.images import get_image
 from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument, NotFound
-from ctr.launch import Launch
-from ctr.models import Container, Image, State, now_iso
+from ctr.models import _NEW, Container, Image, Record, State, now_iso
+
+TYPE_CHECKING = False  # (typing, dataclasses and contextlib are not imported at run time: `rm`
+if TYPE_CHECKING:  # and `run --rm` load this module for terminate(); docs/performance.md)
+    from typing import Any, Callable, Iterator
+
+    from ctr.launch import Launch
 
 STOP_TIMEOUT = 10  # docker's default grace period for `stop`
 KILL_WAIT = 10.0  # after SIGKILL, how long the record may take to say `exited`
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     """What one reference of a multi-reference verb came to: a value, or an error."""
 
-    ref: str
-    id: str | None = None
-    value: Any = None
-    error: CtrError | None = None
+    __slots__ = _fields = ("ref", "id", "value", "error")
+
+    def __init__(self, ref: str, id: str | None = None, value: Any = None, error: CtrError | None = None):
+        self.ref, self.id, self.value, self.error = ref, id, value, error
 
 
 def for_each(refs: list[str], fn: Callable[[str], tuple[str, Any]]) -> list[Outcome]:
@@ -54,16 +53,23 @@ def for_each(refs: list[str], fn: Callable[[str], tuple[str, Any]]) -> list[Outc
 
 
 # ----------------------------------------------------------------------------- starting
-@contextmanager
-def _start_lock(ctx: Context, cid: str) -> Iterator[None]:
-    """Serialises starts of one container (two monitors must never share a writable layer)."""
-    from ctr.store.records import flock
+class _start_lock:
+    """`with _start_lock(ctx, cid):` serialises starts of one container (two monitors must
+    never share a writable layer); a container gone meanwhile is NotFound."""
 
-    try:
-        with flock(ctx.store.container_path(cid, "start.lock")):
-            yield
-    except FileNotFoundError:
-        raise NotFound(f"no such container: {cid[:12]}") from None
+    def __init__(self, ctx: Context, cid: str):
+        from ctr.store.records import flock
+
+        self.cid, self.lock = cid, flock(ctx.store.container_path(cid, "start.lock"))
+
+    def __enter__(self) -> None:
+        try:
+            self.lock.__enter__()
+        except FileNotFoundError:
+            raise NotFound(f"no such container: {self.cid[:12]}") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
 
 
 def _check_detachable(driver: Driver) -> None:
@@ -86,6 +92,8 @@ def _restartable(ctx: Context, ref: str) -> tuple[Container, Image, Driver]:
     c = get_container(ctx, ref)
     if c.state == State.REMOVING.value:
         raise Conflict(f"container {ref} is being removed")
+    from ctr.engine.images import get_image
+
     return c, get_image(ctx, c.image), get_driver(c.isolation, c.driver)
 
 
@@ -262,11 +270,11 @@ def terminate(ctx: Context, c: Container) -> None:
 
 
 # ----------------------------------------------------------------------------- logs
-@dataclass
-class LogLine:
-    time: str
-    stream: str  # stdout | stderr
-    data: bytes
+class LogLine(Record):
+    __slots__ = _fields = ("time", "stream", "data")  # stream: stdout | stderr
+
+    def __init__(self, time: str, stream: str, data: bytes):
+        self.time, self.stream, self.data = time, stream, data
 
 
 def log_path(ctx: Context, cid: str):
@@ -302,6 +310,8 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
     try:
         first = read_new()
         if tail is not None:
+            from collections import deque
+
             first = list(deque(first, maxlen=tail)) if tail > 0 else []
         yield from first
         while follow:
@@ -320,19 +330,19 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
 
 
 # ----------------------------------------------------------------------------- exec
-@dataclass
-class ExecOptions:
-    command: list[str]
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    interactive: bool = False
-    tty: bool = False
+class ExecOptions(Record):
+    __slots__ = _fields = ("command", "env", "workdir", "user", "interactive", "tty")
+
+    def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
+                 user: str | None = None, interactive: bool = False, tty: bool = False):
+        self.command, self.env = command, [] if env is _NEW else env
+        self.workdir, self.user, self.interactive, self.tty = workdir, user, interactive, tty
 
 
 def exec_launch(c: Container, opts: ExecOptions) -> Launch:
     """The plan for a command joining container `c`: its env and user, the exec's overrides."""
     from ctr.engine.containers import parse_env
+    from ctr.launch import Launch
 
     if not opts.command:
         raise InvalidArgument("exec needs a command", hint="ctr exec REF COMMAND [ARG...]")

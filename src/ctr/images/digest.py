@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False  # (not typing's: importing typing costs every command ~2 ms)
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 # hashlib's OpenSSL backend costs ~2 ms to load: every command that reads image records
 # (run, ps, diff) imports this module for HOST_IMAGE_ID, so only hashing imports it
