@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import io
 import json
-import lzma
-import gzip
 import os
 import re
 import shutil
 import struct
-import tarfile
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator, Mapping
+
+# lzma, zlib, gzip and tarfile are imported where a kernel is unpacked or imported: a microvm
+# run only finds the kernel (docs/performance.md)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tarfile
+    from typing import BinaryIO, Iterator, Mapping
 
 from ..errors import DriverError
 from .modules import write_modules_dep
@@ -107,6 +109,9 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
         return None
     start, length = loc
     payload = bzimage[start:start + length]
+    import lzma
+    import zlib
+
     try:
         if payload[:6] == b"\xfd7zXZ\0":
             out = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
@@ -247,6 +252,10 @@ class _Window(io.RawIOBase):
 
 
 def _open_deb_data(f: BinaryIO) -> tarfile.TarFile:
+    import gzip
+    import lzma
+    import tarfile
+
     for name, offset, size in _ar_members(f):
         if not name.startswith("data.tar"):
             continue
