@@ -20,7 +20,8 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+
+from ctr.models import _NEW, Record  # (plain classes: dataclasses costs every sandbox run ~7 ms)
 
 # memory per allowed task when no pids limit is given: half of what Linux allows a machine
 # (threads-max = RAM / 128 KiB), so 1 GiB of memory allows 4096 tasks
@@ -29,11 +30,11 @@ MIN_PIDS = 64
 CFS_PERIOD_US = 100_000
 
 
-@dataclass(frozen=True)
-class Limits:
-    memory: int | None = None  # bytes
-    cpus: float | None = None
-    pids: int | None = None
+class Limits(Record):
+    __slots__ = _fields = ("memory", "cpus", "pids")  # memory in bytes
+
+    def __init__(self, memory: int | None = None, cpus: float | None = None, pids: int | None = None):
+        self.memory, self.cpus, self.pids = memory, cpus, pids
 
     @staticmethod
     def for_memory(memory: int | None, cpus: float | None) -> "Limits":
@@ -41,24 +42,34 @@ class Limits:
         return Limits(memory, cpus, pids)
 
 
-@dataclass(frozen=True)
-class Hierarchy:
-    version: int  # 1 or 2
-    mount: str  # where it is mounted
-    own: str  # this process's group, as a directory under `mount` ("" for the root)
-    controllers: tuple[str, ...]  # v1: the hierarchy's controllers; v2: those its root offers
-    writable: bool
-    has_memsw: bool = False  # v1 memory: memory.memsw.* exists (swap accounting on)
+class Hierarchy(Record):
+    """version: 1 or 2; mount: where it is mounted; own: this process's group, as a directory
+    under `mount` ("" for the root); controllers: v1, the hierarchy's controllers, v2, those
+    its root offers; has_memsw: v1 memory, memory.memsw.* exists (swap accounting on)."""
+
+    __slots__ = _fields = ("version", "mount", "own", "controllers", "writable", "has_memsw")
+
+    def __init__(self, version: int, mount: str, own: str, controllers: tuple[str, ...], writable: bool,
+                 has_memsw: bool = False):
+        self.version, self.mount, self.own, self.controllers = version, mount, own, controllers
+        self.writable, self.has_memsw = writable, has_memsw
 
 
-@dataclass
-class Plan:
-    mechanism: str  # "cgroup v2" | "cgroup v1" | "rlimits"
-    steps: list[tuple[str, ...]] = field(default_factory=list)  # ("mkdir", dir) | ("write", file, value)
-    groups: list[str] = field(default_factory=list)  # this container's own group directories
-    procs: list[str] = field(default_factory=list)  # cgroup.procs files the workload joins
-    rlimits: dict[str, int] = field(default_factory=dict)
-    enforced: dict[str, str] = field(default_factory=dict)  # limit -> how it is enforced
+class Plan(Record):
+    """mechanism: "cgroup v2" | "cgroup v1" | "rlimits"; steps: ("mkdir", dir) | ("write",
+    file, value); groups: this container's own group directories; procs: the cgroup.procs
+    files the workload joins; enforced: limit -> how it is enforced."""
+
+    __slots__ = _fields = ("mechanism", "steps", "groups", "procs", "rlimits", "enforced")
+
+    def __init__(self, mechanism: str, steps: list[tuple[str, ...]] = _NEW, groups: list[str] = _NEW,
+                 procs: list[str] = _NEW, rlimits: dict[str, int] = _NEW, enforced: dict[str, str] = _NEW):
+        self.mechanism = mechanism
+        self.steps = [] if steps is _NEW else steps
+        self.groups = [] if groups is _NEW else groups
+        self.procs = [] if procs is _NEW else procs
+        self.rlimits = {} if rlimits is _NEW else rlimits
+        self.enforced = {} if enforced is _NEW else enforced
 
     def to_dict(self) -> dict:
         return {"mechanism": self.mechanism, "groups": list(self.groups),

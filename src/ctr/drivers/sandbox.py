@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 from ctr import cgroups
@@ -52,7 +51,7 @@ NAMESPACES = ("mnt", "pid", "net", "ipc", "uts")
 
 
 def _kernel_note() -> str:
-    return f"shared with the host ({platform.release()}): an emulated utility VM"
+    return f"shared with the host ({os.uname().release}): an emulated utility VM"
 
 
 def limits_for(container: Container) -> cgroups.Limits:
@@ -138,7 +137,7 @@ class SandboxDriver(OverlayDriver):
             return Availability(False, "the kernel lacks namespaces: " + ", ".join(missing),
                                 "use a kernel built with namespaces (CONFIG_USER_NS, CONFIG_PID_NS, ...)")
         cg = cgroups.plan(cgroups.Limits(1, 1, 1), "0" * 64, cgroups.detect())
-        return Availability(True, f"emulated: shares the host kernel ({platform.release()}); limits by {cg.mechanism}")
+        return Availability(True, f"emulated: shares the host kernel ({os.uname().release}); limits by {cg.mechanism}")
 
     def prepare(self, store, ctr_dir: Path, container: Container, image: Image) -> None:
         super().prepare(store, ctr_dir, container, image)
@@ -192,7 +191,7 @@ class SandboxDriver(OverlayDriver):
         forced = os.environ.get("CTR_SANDBOX_USERNS")
         if forced in ("0", "1"):
             return forced == "1", "CTR_SANDBOX_USERNS=" + forced
-        key = {"kernel": platform.release(), "dev": os.stat(store.root).st_dev}
+        key = {"kernel": os.uname().release, "dev": os.stat(store.root).st_dev}
         path = store.cache_dir / PROBE
         try:
             cached = json.loads(path.read_text())
@@ -241,6 +240,9 @@ def probe_userns(store) -> tuple[bool, str]:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """The runtime record, written whole and renamed but not fsynced: it names cgroups, which
+    do not outlive the machine, and a record lost to a power cut reads as never started
+    (runtime_info); docs/performance.md, "Records and fsync"."""
     from ctr.store.records import write_json
 
-    write_json(path, data)
+    write_json(path, data, durable=False)
