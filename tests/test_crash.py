@@ -224,17 +224,12 @@ def _bundle(rootfs: Path) -> bytes:
 
     from ctr.images.oci import goarch
 
-    def tar_dir(root: Path) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-            for p in sorted(root.rglob("*")):
-                t.add(str(p), arcname=str(p.relative_to(root)), recursive=False)
-        return buf.getvalue()
+    from archives import tar_tree
 
     top = rootfs.parent / "top"
     (top / "srv").mkdir(parents=True)
     (top / "srv" / "data").write_text("data\n")
-    layers = [tar_dir(rootfs), tar_dir(top)]
+    layers = [tar_tree(rootfs), tar_tree(top)]
     cfg = json.dumps({"architecture": goarch(), "os": "linux", "config": {"Cmd": ["sh"]},
                       "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(x).hexdigest()
                                                                  for x in layers]}}).encode()

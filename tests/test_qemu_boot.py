@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import KERNEL_DIR, qemu_missing
 
 from ctr.errors import DriverError
 from ctr.qemu import (GuestConfig, HostVolume, RunningVM, base_initramfs, boot_and_run,
@@ -22,26 +23,13 @@ from ctr.qemu import (GuestConfig, HostVolume, RunningVM, base_initramfs, boot_a
 
 pytestmark = pytest.mark.qemu
 
-KERNEL_DIR = Path(os.environ.get("CTR_TEST_KERNEL_DIR", "/var/cache/ctr-test-kernel"))
 APPLETS = ("sh", "true", "false", "echo", "cat", "uname", "hostname", "id", "pwd", "sleep", "kill",
            "touch", "ls", "env", "head", "grep")
 
 
-def _missing() -> str | None:
-    if shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-    try:
-        find_busybox()
-    except DriverError as e:
-        return f"{e.message} ({e.hint})"
-    if not list_kernels(KERNEL_DIR):
-        return f"no test kernel in {KERNEL_DIR} (run scripts/fetch-kernel.sh {KERNEL_DIR})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory):
-    reason = _missing()
+    reason = qemu_missing()
     if reason:
         print(f"skipping qemu boots: {reason}")
         pytest.skip(reason)
