@@ -512,7 +512,7 @@ def helper(spec_path: str, quiet: bool = False) -> int:
     finally:
         for name, sock in listeners.items():
             sock.close()
-            _unlink(run_dir / f"{name}.sock")
+            (run_dir / f"{name}.sock").unlink(missing_ok=True)
 
 
 def _bind_exec_sockets(run_dir: Path, slots: int) -> dict:
@@ -522,20 +522,13 @@ def _bind_exec_sockets(run_dir: Path, slots: int) -> dict:
     listeners = {}
     try:
         for name in agent.port_names(slots, control=False, stdin=True):
-            _unlink(run_dir / f"{name}.sock")
+            (run_dir / f"{name}.sock").unlink(missing_ok=True)
             listeners[name] = agent.bind_listener(run_dir / f"{name}.sock")
     except BaseException:
         for sock in listeners.values():
             sock.close()
         raise
     return listeners
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:
