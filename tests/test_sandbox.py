@@ -146,7 +146,7 @@ def test_cgroup_v1_plan():
     assert p.mechanism == "cgroup v1" and not p.rlimits
     mem = f"/sys/fs/cgroup/memory/me/ctr/{CID}"
     assert p.groups == [mem, f"/sys/fs/cgroup/pids/ctr/{CID}", f"/sys/fs/cgroup/cpu/ctr/{CID}"]
-    assert p.procs == [g + "/cgroup.procs" for g in p.groups]
+    assert p.procs == [g + "/tasks" for g in p.groups]  # a thread move: no global lock
     writes = {s[1]: s[2] for s in p.steps if s[0] == "write"}
     assert writes[mem + "/memory.limit_in_bytes"] == str(64 << 20)
     assert writes[mem + "/memory.memsw.limit_in_bytes"] == str(64 << 20)  # swap cannot dodge it
@@ -546,6 +546,8 @@ def test_cgroups_go_with_the_container(ctr, bb):
         assert all(os.path.isdir(g) for g in limits["groups"])
         pids = cgroups.pids_in(limits["groups"][0])
         assert pids
+        # every hierarchy holds the same processes: init and the workload joined each group
+        assert all(sorted(cgroups.pids_in(g)) == sorted(pids) for g in limits["groups"]), limits
     else:
         pids = []
     ctr.ok("rm", "-f", "r")

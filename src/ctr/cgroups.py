@@ -2,7 +2,7 @@
 
 `detect()` reads which cgroup hierarchies this host has and which of them ctr may write;
 `plan(limits, cid, hierarchies)` is pure: it turns a container's limits into the steps that
-create its group (`mkdir`s and writes), the `cgroup.procs` files the container joins, and the
+create its group (`mkdir`s and writes), the files the container joins it through, and the
 rlimits that stand in for whatever no hierarchy can enforce. `create()` carries out the steps,
 `remove()` kills what is left in the groups and deletes them.
 
@@ -57,8 +57,8 @@ class Hierarchy(Record):
 
 class Plan(Record):
     """mechanism: "cgroup v2" | "cgroup v1" | "rlimits"; steps: ("mkdir", dir) | ("write",
-    file, value); groups: this container's own group directories; procs: the cgroup.procs
-    files the workload joins; enforced: limit -> how it is enforced."""
+    file, value); groups: this container's own group directories; procs: the files the
+    workload joins by writing "0" (v2 cgroup.procs; v1 tasks, from a single-threaded process); enforced: limit -> how it is enforced."""
 
     __slots__ = _fields = ("mechanism", "steps", "groups", "procs", "rlimits", "enforced")
 
@@ -201,7 +201,10 @@ def _plan_v1(limits: Limits, cid: str, by_ctrl: dict[str, Hierarchy]) -> Plan:
             groups[h.mount] = d
             p.steps.append(("mkdir", d))
             p.groups.append(d)
-            p.procs.append(os.path.join(d, "cgroup.procs"))
+            # `tasks`, not `cgroup.procs`: the joining process is single-threaded (forked), and
+            # moving one thread skips the global lock a process move takes, whose RCU grace
+            # period cost every start 5-16 ms (docs/performance.md, "Joining cgroups")
+            p.procs.append(os.path.join(d, "tasks"))
         return groups[h.mount]
 
     missing = []
