@@ -203,7 +203,7 @@ def _plan_v1(limits: Limits, cid: str, by_ctrl: dict[str, Hierarchy]) -> Plan:
             p.groups.append(d)
             # `tasks`, not `cgroup.procs`: the joining process is single-threaded (forked), and
             # moving one thread skips the global lock a process move takes, whose RCU grace
-            # period cost every start 5-16 ms (docs/performance.md, "Joining cgroups")
+            # period cost every start 5-16 ms (docs/performance.md, the hyperv/sandbox target)
             p.procs.append(os.path.join(d, "tasks"))
         return groups[h.mount]
 
