@@ -525,26 +525,3 @@ def test_log_entries_round_trip():
     assert timestamp(5) == "1970-01-01T00:00:00.000000005Z"
     assert parse_entry(b'{"log": "x"') is None and parse_entry(b"[]") is None
 
-
-def test_exec_into_hyperv_is_refused(ctr, busybox_image):
-    """Joining the namespaces alone would leave the session outside the sandbox's capability
-    cut, no_new_privs, rlimits and cgroups: refused with one line, 125."""
-    from ctr.drivers import get_driver
-
-    try:
-        if not get_driver("hyperv", "sandbox").availability().usable:
-            pytest.skip("the sandbox driver is not usable here")
-    except Exception as e:  # noqa: BLE001 - no such driver in this tree
-        pytest.skip(f"no sandbox driver: {e}")
-    cid = ctr.ok("run", "-d", "--isolation", "hyperv", "--driver", "sandbox", busybox_image, "sleep", "100").strip()
-    rec = json.loads(ctr.ok("inspect", cid))[0]
-    try:
-        assert rec["State"]["Status"] == "running"
-        r = ctr("exec", cid, "true")
-        assert r.code == 125
-        assert_one_error(r, "not supported")
-    finally:
-        ctr.cleanup()
-        for pid, st in ((rec.get("pid"), rec.get("pid_start")), (rec.get("monitor_pid"), rec.get("monitor_start"))):
-            if pid and start_time(pid) == st:
-                os.kill(pid, signal.SIGKILL)

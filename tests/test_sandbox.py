@@ -558,6 +558,85 @@ def test_cgroups_go_with_the_container(ctr, bb):
         assert not proc.pid_alive(pid)
 
 
+def _status(pid: int) -> dict[str, str]:
+    return dict(ln.split(":\t", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in ln)
+
+
+def _host_pid(cid: str, argv: list[str], timeout: float = 20) -> int:
+    """The host pid of the container's process running exactly `argv`."""
+    from ctr.monitor import container_processes
+
+    want = "\0".join(argv) + "\0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in container_processes(cid):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_text() == want:
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no process {argv} in the container")
+
+
+@needs_root
+@needs_busybox
+def test_exec_joins_the_container_under_its_confinement(ctr, bb, mode):
+    """exec into a sandbox container: its namespaces (its user namespace first, as its root),
+    its cgroups, and the workload's own confinement -- capability set, no_new_privs -- seen
+    from the host side; writes land in its diff, codes and -u, -e, -w, -i, -t as for process
+    isolation."""
+    cid = ctr.ok("run", "-d", *SANDBOX, "--name", "x", "--hostname", "box", bb,
+                 "sh", "-c", "echo $$ > /tmp/pid1; exec sleep 300").strip()
+    session = None
+    try:
+        workload = _host_pid(cid, ["sleep", "300"])
+        session = subprocess.Popen([sys.executable, "-m", "ctr", "exec", "x", "sleep", "200"], env=ctr.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        joined = _host_pid(cid, ["sleep", "200"])
+        for ns in ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup"):
+            assert os.readlink(f"/proc/{joined}/ns/{ns}") == os.readlink(f"/proc/{workload}/ns/{ns}"), ns
+        assert Path(f"/proc/{joined}/cgroup").read_text() == Path(f"/proc/{workload}/cgroup").read_text()
+        mine, theirs = _status(joined), _status(workload)
+        for key in ("Uid", "Gid", "CapBnd", "CapEff", "CapPrm", "NoNewPrivs", "Seccomp"):
+            assert mine[key] == theirs[key], (key, mine[key], theirs[key])
+        assert mine["Uid"].split()[0] == (str(sb.SUBID_BASE) if mode == "userns" else "0")
+        assert mine["NoNewPrivs"] == "1" and int(mine["CapBnd"], 16) & (1 << proc.CAPS["SYS_ADMIN"]) == 0
+        # from inside: the workload's pid namespace, hostname and loopback-only network
+        out = out_of(ctr("exec", "x", "sh", "-c", "kill -0 $(cat /tmp/pid1) && hostname && id -u && "
+                                                   "tail -n +3 /proc/net/dev | cut -d: -f1"))
+        assert [ln.strip() for ln in out.splitlines()] == ["box", "0", "lo"], out
+        # ctr exec's signals reach the session: SIGTERM -> 143
+        session.terminate()
+        assert session.wait(timeout=20) == 143, session.stderr.read()
+        # writes land in the container's diff, owned by its root as with process isolation
+        assert out_of(ctr("exec", "x", "sh", "-c", "echo made > /made-by-exec")) == ""
+        assert "A /made-by-exec" in ctr.ok("diff", "x").splitlines()
+        upper = ctr.root / "containers" / cid / "upper" / "made-by-exec"
+        assert (upper.stat().st_uid, upper.read_text()) == (0, "made\n")
+        assert ctr("exec", "x", "sh", "-c", "exit 3").code == 3
+        assert ctr("exec", "x", "no-such-command").code == 127
+        assert ctr.ok("exec", "-u", "nobody", "x", "id", "-u") == "65534\n"
+        assert ctr.ok("exec", "-e", "FOO=bar", "-w", "/tmp", "x", "sh", "-c", 'echo "$FOO $(pwd)"') == "bar /tmp\n"
+        assert ctr.ok("exec", "-i", "x", "cat", input="piped\n") == "piped\n"
+        p = subprocess.run(["script", "-eqc", f"{sys.executable} -m ctr exec -t x sh -c 'tty; exit 4'", "/dev/null"],
+                           capture_output=True, text=True, env=ctr.env, timeout=60)
+        assert p.returncode == 4 and "/dev/pts/" in p.stdout, p
+        # the container stopping ends an exec session with it (137)
+        session = subprocess.Popen([sys.executable, "-m", "ctr", "exec", "x", "sleep", "250"], env=ctr.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _host_pid(cid, ["sleep", "250"])
+        ctr.ok("stop", "-t", "0", "x")
+        assert session.wait(timeout=20) == 137
+        r = ctr("exec", "x", "true")
+        assert r.code == 125 and "is not running" in r.err
+    finally:
+        if session is not None and session.poll() is None:
+            session.kill()
+            session.wait()
+        ctr("rm", "-f", "x")
+
+
 # ============================================================================ the diff grid
 def _grid_cases():
     try:

@@ -157,6 +157,16 @@ def plan(limits: Limits, cid: str, hierarchies: list[Hierarchy]) -> Plan:
     return rlimits_only(limits, "no writable cgroup hierarchy with the memory controller")
 
 
+def join_files(mechanism: str, groups: list[str]) -> list[str]:
+    """The files a process joins `groups` through, writing "0" from a single-threaded process
+    (forked, before exec): v1's `tasks`, not `cgroup.procs` -- moving one thread skips the
+    global lock a process move takes, whose RCU grace period cost every start 5-16 ms
+    (docs/performance.md, the hyperv/sandbox target); v2 moves threads only within a threaded
+    subtree, so `cgroup.procs` there."""
+    name = "tasks" if mechanism == "cgroup v1" else "cgroup.procs"
+    return [os.path.join(g, name) for g in groups] if mechanism.startswith("cgroup") else []
+
+
 def rlimits_only(limits: Limits, why: str) -> Plan:
     return _plan_rlimits(limits, Plan("rlimits"), ("memory", "pids", "cpus"), why)
 
@@ -172,7 +182,7 @@ def _plan_v2(limits: Limits, cid: str, h: Hierarchy) -> Plan:
                 ("write", os.path.join(parent, "cgroup.subtree_control"), enable),
                 ("mkdir", group)]
     p.groups.append(group)
-    p.procs.append(os.path.join(group, "cgroup.procs"))
+    p.procs += join_files(p.mechanism, [group])
     if limits.memory:
         p.steps += [("write", os.path.join(group, "memory.max"), str(limits.memory)),
                     ("write", os.path.join(group, "memory.swap.max"), "0")]
@@ -201,10 +211,7 @@ def _plan_v1(limits: Limits, cid: str, by_ctrl: dict[str, Hierarchy]) -> Plan:
             groups[h.mount] = d
             p.steps.append(("mkdir", d))
             p.groups.append(d)
-            # `tasks`, not `cgroup.procs`: the joining process is single-threaded (forked), and
-            # moving one thread skips the global lock a process move takes, whose RCU grace
-            # period cost every start 5-16 ms (docs/performance.md, the hyperv/sandbox target)
-            p.procs.append(os.path.join(d, "tasks"))
+            p.procs += join_files(p.mechanism, [d])
         return groups[h.mount]
 
     missing = []

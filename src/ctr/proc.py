@@ -1035,6 +1035,11 @@ def namespaces_of(pid: int) -> dict[str, tuple[int, int]]:
 
 def _enter_hook(pid: int, pid_start: int | None) -> Callable[[], None]:
     def enter() -> None:
+        # not dumpable until the exec: the container's processes (the same ids, once in its
+        # user namespace) cannot ptrace this python or open its /proc files -- its memory,
+        # environment and executable are ctr's
+        libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        was_root = os.geteuid() == 0
         mine = namespaces_of(os.getpid())
         fds: list[tuple[str, int]] = []
         root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -1045,8 +1050,14 @@ def _enter_hook(pid: int, pid_start: int | None) -> Callable[[], None]:
                     fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
             if pid_start is not None and pid_start_time(pid) != pid_start:
                 raise OSError(errno.ESRCH, f"process {pid} is gone")
-            for _, fd in fds:
+            for name, fd in fds:
                 setns(fd)
+                if name == "user" and was_root:
+                    # host root is not mapped in a mapped container's namespace (it would act
+                    # as the overflow id): become its root, as the container's own setup did
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
+                    os.setgroups([0])
             if any(name == "pid" for name, _ in fds):
                 # setns(pid) applies to children: fork once more; this process relays
                 child = os.fork()

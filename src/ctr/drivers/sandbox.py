@@ -21,6 +21,9 @@ own parts instead of a second kernel:
 - the capability bounding set cut to docker's default set (no SYS_ADMIN: no mount, no
   ptrace of what it cannot already see), no_new_privs, and no nested user namespaces.
 
+`exec` (`exec_in`) joins all of it: the namespaces (the user namespace first, as its root),
+the cgroups, and the workload's capability set, no_new_privs and rlimits.
+
 It shares the host's kernel, and says so: `ps` (DRIVER column), `inspect` and `info`.
 """
 
@@ -174,6 +177,22 @@ class SandboxDriver(OverlayDriver):
         groups = self.runtime_info(store, container)["limits"].get("groups", [])
         cgroups.remove([g for g in groups if g.rstrip("/").endswith("/ctr/" + container.id)])
         super().cleanup(store, container)
+
+    def exec_in(self, store, container: Container, launch: Launch) -> int:
+        """`ctr exec`: `launch` (the engine's plan: argv, env, cwd, user, stdin, tty) joins the
+        running container's namespaces -- its user namespace first, as its root -- and its
+        cgroups, under the same confinement as its workload: docker's capability set,
+        no_new_privs, the rlimits that stand in for missing cgroups. Returns the exit code."""
+        from ctr import proc
+        from ctr.models import replace
+
+        limits = self.runtime_info(store, container)["limits"]
+        groups = [g for g in limits.get("groups", []) if g.rstrip("/").endswith("/ctr/" + container.id)]
+        joins = cgroups.join_files(limits.get("mechanism", ""), groups)
+        launch = replace(launch, drop_caps=True, no_new_privs=True, rlimits=dict(limits.get("rlimits") or {}),
+                         cgroup_procs="\n".join(joins) or None)
+        started = proc.enter(container.pid, container.pid_start, launch)  # type: ignore[arg-type]
+        return proc.wait(started)
 
     def runtime_info(self, store, container: Container) -> dict:
         """How this container is confined (for `inspect`)."""

@@ -4,7 +4,8 @@ A detached container is supervised by its own monitor process (`ctr.monitor`); e
 here works from the record and the kernel: signals go to the recorded workload pid (checked
 against its start time), waits block on a pidfd of the monitor, logs are read from the
 monitor's json-lines file, and exec joins the workload's namespaces and root (or, for a
-driver with `exec_in` -- microvm -- hands the exec plan to the driver: into the guest).
+driver with `exec_in`, hands the exec plan to the driver: microvm runs it in the guest,
+sandbox adds the workload's confinement to the join).
 """
 
 from __future__ import annotations
@@ -371,8 +372,8 @@ def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
     driver_exec = None
     if c.isolation != "process":
         # joining namespaces is not enough there: the session would escape the container's
-        # capability cut, no_new_privs, rlimits and cgroups (and its pid 1 sits behind a relay),
-        # or would not enter the guest at all; a driver that can exec says so with exec_in()
+        # capability cut, no_new_privs, rlimits and cgroups (sandbox), or would not enter the
+        # guest at all (microvm); a driver that can exec says so with exec_in()
         driver_exec = getattr(get_driver(c.isolation, c.driver), "exec_in", None)
         if driver_exec is None:
             raise DriverError(f"exec into {c.isolation} containers ({c.driver} driver) is not supported yet",
