@@ -133,8 +133,8 @@ class SandboxVMDriver(VMDriver):
 
     def exec(self, store, vm: VM, argv: list[str], env: dict[str, str], workdir: str) -> int:
         rt = self._runtime(store, vm)
-        # user 0:0: after joining the VM's user namespace this process is still host root,
-        # which the namespace does not map; setuid(0) there makes it the VM's root
+        # user 0:0: the VM's root (proc.enter makes a joining host root the namespace's root;
+        # this also drops host root's supplementary groups, as `vm exec` always did)
         launch = Launch(argv=list(argv), env=dict(env), cwd=workdir, stdin="null", user="0:0",
                         no_new_privs=True, drop_caps=True, rlimits=dict(rt.get("rlimits") or {}),
                         cgroup_procs="\n".join(rt.get("procs") or []) or None)
