@@ -156,6 +156,30 @@ def test_env_and_env_file(ctr, busybox_image, tmp_path):
     assert "CTR_TEST_UNSET_XYZ" not in env
 
 
+def test_entrypoint(ctr, busybox_image):
+    """docker's rules: COMMAND follows the image's ENTRYPOINT and replaces its CMD; --entrypoint
+    replaces the ENTRYPOINT and drops the CMD; '' clears it; podman's JSON array form too."""
+    ctr.ok("run", "--name", "base", busybox_image, "true")
+    ctr.ok("commit", "-c", 'ENTRYPOINT ["echo", "entry"]', "-c", 'CMD ["default"]', "base", "ep")
+    assert ctr.ok("run", "--rm", "ep") == "entry default\n"
+    assert ctr.ok("run", "--rm", "ep", "given") == "entry given\n"
+    assert ctr.ok("run", "--rm", "--entrypoint", "sh", "ep", "-c", "echo replaced") == "replaced\n"
+    assert ctr.ok("run", "--rm", "--entrypoint=/bin/echo", "ep") == "\n"  # the image's CMD is dropped
+    assert ctr.ok("run", "--rm", "--entrypoint", '["sh", "-c", "echo $0"]', "ep", "zz") == "zz\n"
+    assert ctr.ok("run", "--rm", "--entrypoint", "", "ep", "echo", "plain") == "plain\n"
+    cid = ctr.ok("run", "-d", "--entrypoint", "sleep", "ep", "30").strip()
+    assert ctr.ok("inspect", "-f", "{{json .Config.Cmd}}", cid).strip() == '["sleep","30"]'
+    ctr.ok("rm", "-f", cid)
+    before = container_dirs(ctr)
+    for args, needle in ((["--entrypoint", ""], "no command given"),
+                         (["--entrypoint", "[1]"], "invalid --entrypoint"),
+                         (["--entrypoint", "[oops"], "invalid --entrypoint")):
+        r = ctr("run", "--rm", *args, "ep")
+        assert r.code == 125, r
+        assert_one_error(r, needle)
+    assert container_dirs(ctr) == before  # nothing half-made
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_workdir_user(ctr, busybox_image, driver):
     d = ("--driver", driver, "--rm")

@@ -40,12 +40,15 @@ def run(
     memory: Optional[str] = typer.Option(None, "--memory", "-m", help="Memory limit, e.g. 512m"),
     cpus: Optional[float] = typer.Option(None, "--cpus", help="Number of CPUs"),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background under a monitor; print the id"),
+    entrypoint: Optional[str] = typer.Option(
+        None, "--entrypoint", help="Overwrite the image's entrypoint (a program, or a JSON array); '' clears it. "
+                                   "The image's default command is then not used"),
 ) -> None:
     """Run a command in a new container."""
     code = plain.run(image=image, command=command, name=name, isolation=isolation, driver=driver, rm=rm,
                      env=env, env_file=env_file, workdir=workdir, volume=volume, user=user,
                      interactive=interactive, tty=tty, hostname=hostname, memory=memory, cpus=cpus,
-                     detach=detach)
+                     detach=detach, entrypoint=entrypoint)
     raise typer.Exit(code)
 
 

@@ -23,7 +23,7 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
         env: List[str] = (), env_file: List[str] = (), workdir: Optional[str] = None,
         volume: List[str] = (), user: Optional[str] = None, interactive: bool = False, tty: bool = False,
         hostname: Optional[str] = None, memory: Optional[str] = None, cpus: Optional[float] = None,
-        detach: bool = False) -> int:
+        detach: bool = False, entrypoint: Optional[str] = None) -> int:
     """Run a command in a new container; returns the exit code `ctr run` exits with."""
     from ctr import output
     from ctr.cli.common import G
@@ -37,7 +37,7 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
             image=image, command=list(command or []), name=name, isolation=isolation, driver=driver,
             env=list(env), env_files=list(env_file), workdir=workdir, volumes=list(volume), user=user,
             interactive=interactive, tty=tty, remove=rm, hostname=hostname,
-            memory=parse_size(memory, "memory") if memory else None, cpus=cpus,
+            memory=parse_size(memory, "memory") if memory else None, cpus=cpus, entrypoint=entrypoint,
         )
         c, image_rec, drv = ce.create(ctx(), opts)
     except CtrError as e:

@@ -123,13 +123,15 @@ def latest(ctx: Context) -> Container:
 # ----------------------------------------------------------------------------- run
 class RunOptions(Record):
     __slots__ = _fields = ("image", "command", "name", "isolation", "driver", "env", "env_files", "workdir",
-                           "volumes", "user", "interactive", "tty", "remove", "hostname", "memory", "cpus")
+                           "volumes", "user", "interactive", "tty", "remove", "hostname", "memory", "cpus",
+                           "entrypoint")
 
     def __init__(self, image: str, command: list[str], name: str | None = None, isolation: str | None = None,
                  driver: str | None = None, env: list[str] | None = None, env_files: list[str] | None = None,
                  workdir: str | None = None, volumes: list[str] | None = None, user: str | None = None,
                  interactive: bool = False, tty: bool = False, remove: bool = False,
-                 hostname: str | None = None, memory: int | None = None, cpus: float | None = None):
+                 hostname: str | None = None, memory: int | None = None, cpus: float | None = None,
+                 entrypoint: str | None = None):
         self.image = image
         self.command = command
         self.name = name
@@ -146,6 +148,7 @@ class RunOptions(Record):
         self.hostname = hostname
         self.memory = memory
         self.cpus = cpus
+        self.entrypoint = entrypoint  # None: the image's; "" clears it; a command or a JSON array
 
 
 def parse_volume(spec: str) -> Mount:
@@ -190,6 +193,41 @@ def _env_item(item: str, where: str) -> str | None:
     return item
 
 
+def parse_entrypoint(text: str) -> list[str]:
+    """`--entrypoint`: "" clears the image's; a JSON array is the argv (podman's form); any
+    other text is one program (docker's form)."""
+    if not text.lstrip().startswith("["):
+        return [text] if text else []
+    import json
+
+    try:
+        argv = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid --entrypoint {text!r}: {e}",
+                              hint='give a program, or a JSON array such as \'["/bin/sh", "-c"]\'') from None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise InvalidArgument(f"invalid --entrypoint {text!r}: a JSON array of strings is needed")
+    return argv
+
+
+def run_command(config, opts: RunOptions) -> list[str]:
+    """The argv a container runs, by docker's rules: COMMAND replaces the image's CMD and follows
+    its ENTRYPOINT; --entrypoint replaces the ENTRYPOINT and drops the image's CMD."""
+    if opts.entrypoint is not None:
+        command = parse_entrypoint(opts.entrypoint) + list(opts.command)
+        if not command:
+            raise InvalidArgument("no command given: --entrypoint '' clears the image's entrypoint and "
+                                  "its default command", hint=f"ctr run --entrypoint '' {opts.image} COMMAND [ARG...]")
+        return command
+    if opts.command:
+        return list(config.entrypoint) + list(opts.command)
+    command = list(config.entrypoint) + list(config.cmd)
+    if not command:
+        raise InvalidArgument(f"no command given and image {opts.image} has no default command",
+                              hint=f"ctr run {opts.image} COMMAND [ARG...]")
+    return command
+
+
 def _pick(words: tuple[str, ...]) -> str:
     # os.urandom, as secrets.choice uses (secrets imports hashlib, hmac and random: ~3 ms of
     # every `run` without --name); the modulo bias of 2**32 over ~20 words is immaterial here
@@ -210,18 +248,11 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
     from ctr.engine.images import get_image
     from ctr.launch import container_env
 
-    if not opts.command:
-        pass
     if opts.name is not None and not NAME_RE.match(opts.name):
         raise InvalidArgument(f"invalid container name {opts.name!r}",
                               hint="names start with a letter or digit, then [a-zA-Z0-9_.-]")
     image = get_image(ctx, opts.image)
-    command = list(opts.command) or list(image.config.entrypoint + image.config.cmd)
-    if not command:
-        raise InvalidArgument(f"no command given and image {opts.image} has no default command",
-                              hint=f"ctr run {opts.image} COMMAND [ARG...]")
-    if image.config.entrypoint and opts.command:
-        command = list(image.config.entrypoint) + list(opts.command)
+    command = run_command(image.config, opts)
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise InvalidArgument(f"working directory {opts.workdir!r} must be absolute")
     mounts = [parse_volume(v) for v in opts.volumes]
