@@ -74,6 +74,20 @@ def ctr(tmp_path: Path):
     c.cleanup()
 
 
+def process_running(cid: str, *argv: str) -> int | None:
+    """The host pid of a process of container `cid` running exactly `argv`, if any."""
+    from ctr.monitor import container_processes
+
+    want = "".join(a + "\0" for a in argv).encode()
+    for pid in container_processes(cid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == want:
+                return pid
+        except OSError:
+            pass
+    return None
+
+
 def make_rootfs(dest: Path) -> Path:
     """A tiny root filesystem: static busybox with applet links, passwd/group, some data."""
     (dest / "bin").mkdir(parents=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root
+from conftest import needs_root, process_running
 
 pytestmark = [needs_root]
 
@@ -168,6 +168,14 @@ def test_detach_round_trip(life):
     assert life.ok("exec", "-u", "nobody", "web", "id", "-u") == "65534\n"
     assert life.ok("exec", "-i", "web", "cat", input="piped\n") == "piped\n"
     assert life.ok("exec", "web", "cat", input="ignored\n") == ""  # stdin is /dev/null without -i
+    # exec -d: back at once, printing nothing; the command runs on, its output discarded
+    assert life.ok("exec", "-d", "web", "sh", "-c", "echo lost; echo lost >&2; exec sleep 101") == ""
+    life.wait_for(lambda: process_running(cid, "sleep", "101"), what="the detached sleep in the container")
+    assert life("exec", "-d", "web", "no-such-command").code == 127
+    r = life("exec", "-d", "-i", "web", "true")
+    assert r.code == 125
+    assert_one_error(r, "exec -d takes neither -i nor -t")
+    assert "lost" not in life.ok("logs", "web")  # not the container's output either
 
     # stop: SIGTERM is enough for sh; 143 recorded; the monitor is gone and nothing is left
     assert life.ok("stop", "web") == "web\n"

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -178,6 +179,23 @@ def test_execs_run_at_once(box):
     outs = [p.communicate(timeout=120)[0] for p in ps]
     assert outs == [f"{i}\n".encode() for i in range(n)] + [b"waited\n"]
     assert [p.returncode for p in ps] == [0] * (n + 1)
+
+
+def test_detached_exec_holds_a_slot_in_the_background(box):
+    """exec -d returns 0, printing nothing, once the guest started the command; it runs on
+    (its output discarded) in one slot, the other stays free; a failure to start is reported."""
+    ctr = box["ctr"]
+    r = _exec(box, "-d", "ex", "sh", "-c", "echo lost; echo $$ > /tmp/dpid; sleep 1; echo done > /tmp/detached; "
+                                         "exec sleep 601")
+    assert (r.code, r.out, r.err) == (0, "", ""), r
+    deadline = time.monotonic() + 60
+    while _exec(box, "ex", "cat", "/tmp/detached").out != "done\n":
+        assert time.monotonic() < deadline, "the detached command did not run on"
+        time.sleep(0.2)
+    assert "sleep 601" in _exec(box, "ex", "ps").out
+    r = _exec(box, "-d", "-t", "ex", "true")
+    assert r.code == 125 and r.err.count("Error:") == 1 and "exec -d" in r.err, r
+    assert ctr.ok("exec", "ex", "sh", "-c", "kill $(cat /tmp/dpid)") == ""  # frees its slot
 
 
 def test_a_small_vm_has_no_slots(box):

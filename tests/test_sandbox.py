@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, Ctr, busybox_is_static, make_rootfs, needs_busybox, needs_root
+from conftest import IS_ROOT, Ctr, busybox_is_static, make_rootfs, needs_busybox, needs_root, process_running
 from ctr import cgroups, proc
 from ctr.drivers import DRIVERS, MODULES, get_driver, select_driver
 from ctr.drivers import sandbox as sb
@@ -564,17 +564,11 @@ def _status(pid: int) -> dict[str, str]:
 
 def _host_pid(cid: str, argv: list[str], timeout: float = 20) -> int:
     """The host pid of the container's process running exactly `argv`."""
-    from ctr.monitor import container_processes
-
-    want = "\0".join(argv) + "\0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in container_processes(cid):
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_text() == want:
-                    return pid
-            except OSError:
-                pass
+        pid = process_running(cid, *argv)
+        if pid:
+            return pid
         time.sleep(0.05)
     raise AssertionError(f"no process {argv} in the container")
 
@@ -606,6 +600,12 @@ def test_exec_joins_the_container_under_its_confinement(ctr, bb, mode):
         out = out_of(ctr("exec", "x", "sh", "-c", "kill -0 $(cat /tmp/pid1) && hostname && id -u && "
                                                    "tail -n +3 /proc/net/dev | cut -d: -f1"))
         assert [ln.strip() for ln in out.splitlines()] == ["box", "0", "lo"], out
+        # exec -d: the same confinement, in the background, nothing printed
+        assert ctr.ok("exec", "-d", "x", "sleep", "150") == ""
+        detached = _host_pid(cid, ["sleep", "150"])
+        assert Path(f"/proc/{detached}/cgroup").read_text() == Path(f"/proc/{workload}/cgroup").read_text()
+        assert all(_status(detached)[k] == theirs[k] for k in ("Uid", "CapBnd", "NoNewPrivs"))
+        assert os.readlink(f"/proc/{detached}/ns/pid") == os.readlink(f"/proc/{workload}/ns/pid")
         # ctr exec's signals reach the session: SIGTERM -> 143
         session.terminate()
         assert session.wait(timeout=20) == 143, session.stderr.read()

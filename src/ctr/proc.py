@@ -1074,14 +1074,22 @@ def _enter_hook(pid: int, pid_start: int | None) -> Callable[[], None]:
     return enter
 
 
-def enter(pid: int, pid_start: int | None, launch: Launch) -> Started:
+def enter(pid: int, pid_start: int | None, launch: Launch, detach: bool = False) -> Started:
     """Start `launch.argv` inside the running container whose process is `pid`.
 
     `launch` must have no namespaces, mounts or root of its own: those of `pid` are joined.
-    Returns once the command was exec'd; raises SetupError (125) or InvokeError (126/127)."""
+    Returns once the command was exec'd; raises SetupError (125) or InvokeError (126/127).
+    `detach` (exec -d): a session of its own, output to /dev/null; nobody need wait for it
+    (once ctr exits, init reaps it)."""
     if launch.namespaces or launch.mounts or launch.root is not None:
         raise ValueError("enter() joins an existing container; the launch must not make one")
-    return start(launch, pid1_hook=_enter_hook(pid, pid_start))
+    if not detach:
+        return start(launch, pid1_hook=_enter_hook(pid, pid_start))
+    nul = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        return start(launch, stdout=nul, stderr=nul, new_session=True, pid1_hook=_enter_hook(pid, pid_start))
+    finally:
+        os.close(nul)
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:

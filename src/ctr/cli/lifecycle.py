@@ -140,6 +140,7 @@ def exec_(
     user: Optional[str] = typer.Option(None, "--user", "-u", help="UID[:GID] or name[:group] to run as"),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin attached"),
     tty: bool = typer.Option(False, "--tty", "-t", help="Allocate a pseudo-terminal"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run the command in the background (its output is discarded)"),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
     """Run a command inside a running container; returns the command's exit code."""
@@ -154,7 +155,7 @@ def exec_(
         else:
             ref = container
         opts = lifecycle.ExecOptions(command=argv, env=list(env), workdir=workdir, user=user,
-                                     interactive=interactive, tty=tty)
+                                     interactive=interactive, tty=tty, detach=detach)
         code = lifecycle.exec_(ctx(), ref, opts)
     except CtrError as e:
         if e.exit_code not in (125, 126, 127):

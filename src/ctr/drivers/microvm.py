@@ -60,6 +60,10 @@ from ctr.errors import Conflict, CtrError, DriverError
 from ctr.launch import Launch
 from ctr.models import Container, Image
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 MIB = 1 << 20
 DEFAULT_MEMORY = 1 << 30  # a Hyper-V container's utility VM: 1 GiB ...
 DEFAULT_CPUS_KVM = 2  # ... and 2 virtual processors; under TCG 1 (SMP bring-up is emulated: +2 s)
@@ -257,10 +261,11 @@ class MicroVMDriver(OverlayDriver):
         _kill_recorded(store.container_path(container.id, VM_DIR))
         super().cleanup(store, container)
 
-    def exec_in(self, store, container: Container, launch: Launch) -> int:
+    def exec_in(self, store, container: Container, launch: Launch, detach: bool = False) -> int:
         """`ctr exec` into the running container: `launch` (the engine's exec plan: argv, env,
         cwd, user, stdin) runs in the guest through a free exec slot; returns its exit code,
-        137 when the container stops under it."""
+        137 when the container stops under it. With `detach`, a background client holds the
+        slot while the command runs, its output discarded; 0 once the guest started it."""
         from ctr import proc
         from ctr.vm import agent
 
@@ -293,6 +298,11 @@ class MicroVMDriver(OverlayDriver):
                                   hint=f"see {run_dir / 'qemu.log'}")
             time.sleep(0.05)
         uid, gid = resolve_user(f"/proc/{c.pid}/root{spec['root']}", launch.user or "")
+        if detach:
+            return _detached(lambda started: agent.run_command(
+                run_dir, list(launch.argv), dict(launch.env), launch.cwd, user=(uid, gid), stdout=None,
+                stderr=None, slots=slots, alive=alive, connect_timeout=max(1.0, deadline - time.monotonic()),
+                on_started=started))
         try:
             return agent.run_command(
                 run_dir, list(launch.argv), dict(launch.env), launch.cwd, user=(uid, gid),
@@ -513,6 +523,52 @@ def helper(spec_path: str, quiet: bool = False) -> int:
         for name, sock in listeners.items():
             sock.close()
             (run_dir / f"{name}.sock").unlink(missing_ok=True)
+
+
+def _detached(run: Callable[[Callable[[], None]], int]) -> int:
+    """exec -d: `run(started)` in a forked client of its own session, stdio on /dev/null (it
+    holds the exec slot, and the guest kills a command whose client went away). Returns 0 when
+    the guest said it started the command; otherwise the client's error or exit code."""
+    from ctr import proc
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # ---- the background client
+        code = 125
+        try:
+            os.close(r)
+            os.setsid()
+            nul = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(nul, fd)
+            os.close(nul)
+
+            def started() -> None:
+                nonlocal w
+                os.write(w, b"s")
+                os.close(w)
+                w = -1
+            code = run(started)
+        except CtrError as e:
+            if w >= 0:
+                os.write(w, ("e" + e.message).encode(errors="replace")[:4000])
+        except BaseException as e:  # noqa: BLE001 - never return into the caller's code
+            if w >= 0:
+                os.write(w, f"e{type(e).__name__}: {e}".encode(errors="replace")[:4000])
+        finally:
+            os._exit(code & 0xFF)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    said = b"".join(chunks)
+    if said.startswith(b"s"):
+        return 0  # the client goes on alone; init reaps it once ctr has exited
+    _, status = os.waitpid(pid, 0)
+    if said.startswith(b"e"):
+        raise DriverError(said[1:].decode(errors="replace"))
+    return proc.exit_code_from_status(status)
 
 
 def _bind_exec_sockets(run_dir: Path, slots: int) -> dict:

@@ -178,11 +178,12 @@ class SandboxDriver(OverlayDriver):
         cgroups.remove([g for g in groups if g.rstrip("/").endswith("/ctr/" + container.id)])
         super().cleanup(store, container)
 
-    def exec_in(self, store, container: Container, launch: Launch) -> int:
+    def exec_in(self, store, container: Container, launch: Launch, detach: bool = False) -> int:
         """`ctr exec`: `launch` (the engine's plan: argv, env, cwd, user, stdin, tty) joins the
         running container's namespaces -- its user namespace first, as its root -- and its
         cgroups, under the same confinement as its workload: docker's capability set,
-        no_new_privs, the rlimits that stand in for missing cgroups. Returns the exit code."""
+        no_new_privs, the rlimits that stand in for missing cgroups. Returns the exit code (with
+        `detach`, 0 once the command started)."""
         from ctr import proc
         from ctr.models import replace
 
@@ -191,8 +192,8 @@ class SandboxDriver(OverlayDriver):
         joins = cgroups.join_files(limits.get("mechanism", ""), groups)
         launch = replace(launch, drop_caps=True, no_new_privs=True, rlimits=dict(limits.get("rlimits") or {}),
                          cgroup_procs="\n".join(joins) or None)
-        started = proc.enter(container.pid, container.pid_start, launch)  # type: ignore[arg-type]
-        return proc.wait(started)
+        started = proc.enter(container.pid, container.pid_start, launch, detach)  # type: ignore[arg-type]
+        return 0 if detach else proc.wait(started)
 
     def runtime_info(self, store, container: Container) -> dict:
         """How this container is confined (for `inspect`)."""

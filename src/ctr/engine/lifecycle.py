@@ -332,12 +332,14 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
 
 # ----------------------------------------------------------------------------- exec
 class ExecOptions(Record):
-    __slots__ = _fields = ("command", "env", "workdir", "user", "interactive", "tty")
+    __slots__ = _fields = ("command", "env", "workdir", "user", "interactive", "tty", "detach")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
-                 user: str | None = None, interactive: bool = False, tty: bool = False):
+                 user: str | None = None, interactive: bool = False, tty: bool = False,
+                 detach: bool = False):
         self.command, self.env = command, [] if env is _NEW else env
         self.workdir, self.user, self.interactive, self.tty = workdir, user, interactive, tty
+        self.detach = detach  # -d: started in the background, its output discarded (as docker's)
 
 
 def exec_launch(c: Container, opts: ExecOptions) -> Launch:
@@ -349,6 +351,9 @@ def exec_launch(c: Container, opts: ExecOptions) -> Launch:
         raise InvalidArgument("exec needs a command", hint="ctr exec REF COMMAND [ARG...]")
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise InvalidArgument(f"working directory {opts.workdir!r} must be absolute")
+    if opts.detach and (opts.interactive or opts.tty):
+        raise InvalidArgument("exec -d takes neither -i nor -t: nothing stays attached to a detached command",
+                              hint="drop -i and -t, or -d")
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in c.config.env)
     if opts.tty:
         env.setdefault("TERM", "xterm")
@@ -366,7 +371,7 @@ def exec_launch(c: Container, opts: ExecOptions) -> Launch:
 
 def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
     """Run a command inside a running container; returns its exit code (126/127 raised as
-    InvokeError, ctr's own failures as errors with exit code 125)."""
+    InvokeError, ctr's own failures as errors with exit code 125); with -d, 0 once it started."""
     c = get_container(ctx, ref)
     launch = exec_launch(c, opts)
     driver_exec = None
@@ -381,11 +386,11 @@ def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
     if c.state != State.RUNNING.value or not proc.pid_alive(c.pid, c.pid_start):
         raise Conflict(f"container {ref} is not running", hint=f"start it with `ctr start {ref}`")
     if driver_exec is not None:
-        return driver_exec(ctx.store, c, launch)
+        return driver_exec(ctx.store, c, launch, detach=opts.detach)
     try:
-        started = proc.enter(c.pid, c.pid_start, launch)  # type: ignore[arg-type]
+        started = proc.enter(c.pid, c.pid_start, launch, detach=opts.detach)  # type: ignore[arg-type]
     except proc.SetupError as e:
         if not proc.pid_alive(c.pid, c.pid_start):
             raise Conflict(f"container {ref} is not running") from None
         raise e
-    return proc.wait(started)
+    return 0 if opts.detach else proc.wait(started)

@@ -621,12 +621,13 @@ def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: st
                 stdout: Sink = 1, stderr: Sink = 2, stdin: BinaryIO | int | None = None,
                 user: tuple[int, int] | None = None, slots: int = SLOTS,
                 alive: Callable[[], bool] = lambda: True, connect_timeout: float = 30.0,
-                drain_timeout: float = 30.0) -> int:
+                drain_timeout: float = 30.0, on_started: Callable[[], None] | None = None) -> int:
     """Run `argv` in the VM through a free exec slot; stream its output; return its exit
     code (126/127 from the guest as they are).  `stdin` (fd or binary file; the VM needs
     the slots' in ports) is copied to the command, else it reads /dev/null; `user` is
     (uid, gid).  Signals sent to this process (INT, TERM, HUP, QUIT, USR1, USR2) are passed
-    to the command.  DriverError when the VM goes away."""
+    to the command.  DriverError when the VM goes away.  `on_started` is called when the
+    guest says it is starting the command (exec -d returns then)."""
     token = secrets.token_hex(16)
     request = exec_request(argv, env, workdir, token, user=user, stdin=stdin is not None)
     with _slot(run_dir, slots) as i:
@@ -647,7 +648,7 @@ def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: st
                                  daemon=True).start()
             return _stream(ctl, lines, {out: StreamEnd(token, _writer(stdout)),
                                         err: StreamEnd(token, _writer(stderr))},
-                           alive, drain_timeout)
+                           alive, drain_timeout, on_started)
         except (ConnectionRefusedError, FileNotFoundError) as e:
             raise DriverError(f"cannot reach the VM's agent: {e.strerror}") from None
         finally:
@@ -674,7 +675,8 @@ def _await_ready(lines: Lines, alive: Callable[[], bool], timeout: float) -> Non
 
 
 def _stream(ctl: socket.socket, lines: Lines, streams: dict[socket.socket, StreamEnd],
-            alive: Callable[[], bool], drain_timeout: float) -> int:
+            alive: Callable[[], bool], drain_timeout: float,
+            on_started: Callable[[], None] | None = None) -> int:
     pending: list[int] = []
     old = {}
 
@@ -728,6 +730,9 @@ def _stream(ctl: socket.socket, lines: Lines, streams: dict[socket.socket, Strea
                             drain_deadline = time.monotonic() + drain_timeout
                         elif verb == "error":
                             raise DriverError(f"the VM's agent could not run the command: {arg}")
+                        elif verb == "started" and on_started is not None:
+                            on_started()
+                            on_started = None
                 elif data:
                     streams[sock].feed(data)  # type: ignore[index]
                 else:
