@@ -417,6 +417,28 @@ def test_image_ls_inspect(ctr, busybox_image):
     assert hexid in ctr.ok("image", "ls", "-q", "--no-trunc")
 
 
+def test_image_tag(ctr, busybox_image):
+    """docker tag: more names on one image; a name another image had moves; bad input
+    changes nothing (every name is checked before any is given)."""
+    def tags(ref):
+        return json.loads(ctr.ok("image", "inspect", ref))[0]["RepoTags"]
+
+    assert ctr.ok("image", "tag", "bb", "bb:2", "other/x") == ""
+    assert tags("bb") == ["bb:latest", "bb:2", "other/x:latest"]
+    assert ctr.ok("run", "--rm", "other/x", "echo", "tagged") == "tagged\n"
+    ctr.ok("run", "--name", "c", busybox_image, "touch", "/new")
+    ctr.ok("commit", "c", "app")
+    assert ctr.ok("image", "tag", "app", "bb:2") == ""  # the name moves
+    assert tags("bb") == ["bb:latest", "other/x:latest"] and tags("app") == ["app:latest", "bb:2"]
+    for args, code, needle in ((["host", "y"], 2, "cannot be tagged"), (["bb", "ok:1", "BAD"], 2, "invalid image name"),
+                               (["nosuch", "y"], 1, "no such image"), (["bb", "host"], 2, "reserved")):
+        r = ctr("image", "tag", *args)
+        assert r.code == code, r
+        assert_one_error(r, needle)
+    assert tags("bb") == ["bb:latest", "other/x:latest"]  # ok:1 was not given
+    assert ctr("image", "tag", "bb").code == 2  # usage: a target is needed
+
+
 def test_image_rm(ctr, busybox_image, rootfs):
     img = json.loads(ctr.ok("image", "inspect", "bb"))[0]
     # a second name on the same image: rm of a name only untags it

@@ -1,4 +1,4 @@
-"""`ctr image …`: import, ls, inspect, rm."""
+"""`ctr image …`: import, ls, inspect, tag, rm (export: cli/commit.py)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,17 @@ def inspect(
     check_format(format, ("json", "yaml"))
     items = [inspect_view.image(ie.get_image(ctx(), ref)) for ref in images]
     output.emit(format, items, [], [])
+
+
+@app.command("tag")
+def tag(
+    source: str = typer.Argument(..., help="Image: name, id or unique id prefix", autocompletion=complete_image),
+    targets: List[str] = typer.Argument(..., help="New names: NAME[:TAG] (default tag: latest)"),
+) -> None:
+    """Give an image more names (a name another image had moves to this one)."""
+    from ctr.engine import images as ie
+
+    ie.tag_image(ctx(), source, list(targets))
 
 
 @app.command("rm")

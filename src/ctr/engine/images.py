@@ -215,6 +215,27 @@ def _move_name(ctx: Context, name: str, keep: str) -> None:
             ctx.store.write_image(iid, data)
 
 
+def tag_image(ctx: Context, source: str, targets: list[str]) -> Image:
+    """`image tag SOURCE TARGET...`: give the image more names (docker tag). A name already on
+    another image moves to this one, as at import; the names are checked before any is given."""
+    image = get_image(ctx, source)
+    if image.builtin:
+        raise InvalidArgument(f"the built-in {HOST_IMAGE} image cannot be tagged",
+                              hint=f"commit a container of it to make an image: `ctr commit CONTAINER NAME`")
+    names = [normalise_name(t) for t in targets]
+    store = ctx.store
+    with store.locked():
+        data = store.read_image(image.id)
+        if data is None:
+            raise NotFound(f"no such image: {source}")
+        for name in names:
+            _move_name(ctx, name, image.id)
+            if name not in data["names"]:
+                data["names"].append(name)
+        store.write_image(image.id, data)
+    return Image.from_dict(data)
+
+
 def _tree_size(path: Path) -> int:
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
