@@ -217,6 +217,51 @@ def test_detach_round_trip(life):
     assert container_pids(cid) == []
 
 
+def test_restart(life):
+    """stop, then start over the same writable layer; a stopped container is just started; a
+    --rm container is refused (stopping removes it) and left running."""
+    life.run_d("sh", "-c", "echo run >> /root/runs; exec sleep 100", name="r")
+    first = life.record("r")["Process"]["Pid"]
+    assert life.ok("restart", "-t", "0", "r") == "r\n"
+    rec = life.record("r")
+    assert rec["State"]["Status"] == "running" and rec["Process"]["Pid"] != first
+    assert not alive(first)
+    assert life.ok("exec", "r", "cat", "/root/runs") == "run\nrun\n"
+    life.ok("stop", "-t", "0", "r")
+    assert life.ok("restart", "r") == "r\n"
+    assert life.state("r") == "running"
+    life.ok("stop", "-t", "0", "r")
+    cid = life.ok("run", "-d", "--rm", "--driver", life.driver, life.image, "sleep", "100").strip()
+    life.record(cid)
+    r = life("restart", cid)
+    assert r.code == 1
+    assert_one_error(r, "--rm")
+    assert life.state(cid) == "running"
+    r = life("restart", "nosuch", "r")
+    assert r.code == 1 and r.out == "r\n"  # the others are still restarted
+    assert_one_error(r, "no such container")
+    life.ok("rm", "-f", cid, "r")
+
+
+def test_rename(life):
+    """The name moves; the id, the state and the monitor's later writes stay with it."""
+    cid = life.run_d("sleep", "100", name="alpha")  # names that no id prefix can be (not hex)
+    life.run_d("true", name="beta")
+    assert life.ok("rename", "alpha", "gamma") == ""
+    assert life.ok("inspect", "-f", "{{.Id}}", "gamma").strip() == cid
+    assert life("inspect", "alpha").code == 1
+    for args, code, needle in ((["gamma", "beta"], 1, "already in use"),
+                               (["gamma", "bad name"], 2, "invalid container name"),
+                               (["gamma", "gamma"], 2, "already named"), (["nosuch", "x"], 1, "no such container")):
+        r = life("rename", *args)
+        assert r.code == code, r
+        assert_one_error(r, needle)
+    life.ok("stop", "-t", "0", "gamma")  # the monitor records the exit under the new name
+    rec = life.record("gamma")
+    assert rec["Name"] == "gamma" and rec["State"]["Status"] == "exited" and rec["State"]["ExitCode"] == 137
+    assert sorted(life.ok("ps", "-a", "--format", "{{.Names}}").split()) == ["beta", "gamma"]
+
+
 def test_stop_kills_after_timeout(life):
     life.run_d("sh", "-c", 'trap "" TERM; echo ready; while true; do sleep 0.1; done', name="stubborn")
     life.wait_for(lambda: life.ok("logs", "stubborn") == "ready\n", what="ready")

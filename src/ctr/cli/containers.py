@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("rm")(rm)
     app.command("diff")(diff)
     app.command("inspect")(inspect)
+    app.command("rename")(rename)
 
 
 def run(
@@ -85,6 +86,17 @@ def diff(
 ) -> None:
     """Show what a container added (A), changed (C) and deleted (D)."""
     plain.diff(container=container, format=format, latest=latest)
+
+
+def rename(
+    container: str = typer.Argument(..., help="Container: id, name or unique id prefix",
+                                    autocompletion=complete_container),
+    new_name: str = typer.Argument(..., help="Its new name"),
+) -> None:
+    """Rename a container."""
+    from ctr.engine import containers as ce
+
+    ce.rename(ctx(), container, new_name)
 
 
 def inspect(

@@ -1,4 +1,4 @@
-"""Lifecycle verbs at the top level: logs, start, stop, kill, wait, exec."""
+"""Lifecycle verbs at the top level: logs, start, stop, restart, kill, wait, exec."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("logs")(logs)
     app.command("start")(start)
     app.command("stop")(stop)
+    app.command("restart")(restart)
     app.command("kill")(kill)
     app.command("wait")(wait)
     app.command("exec", context_settings=CONTEXT)(exec_)
@@ -98,6 +99,18 @@ def stop(
 
     refs = _refs(containers, latest)
     _print_refs(lifecycle.for_each(refs, lambda r: (lifecycle.stop(ctx(), r, time).id, None)))
+
+
+def restart(
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP, autocompletion=complete_container),
+    time: int = typer.Option(10, "--time", "-t", min=0, help="Seconds to wait after SIGTERM before SIGKILL"),
+    latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
+) -> None:
+    """Stop containers (as `stop`), then start them again (as `start`): same writable layer."""
+    from ctr.engine import lifecycle
+
+    refs = _refs(containers, latest)
+    _print_refs(lifecycle.for_each(refs, lambda r: (lifecycle.restart(ctx(), r, time).id, None)))
 
 
 def kill(

@@ -310,6 +310,28 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
     return c, image, driver
 
 
+def rename(ctx: Context, ref: str, new_name: str) -> Container:
+    """`rename REF NEW_NAME` (docker's): the name is checked and taken under the store lock,
+    as `run --name` takes one; running or not, the container keeps everything else."""
+    if not NAME_RE.match(new_name):
+        raise InvalidArgument(f"invalid container name {new_name!r}",
+                              hint="names start with a letter or digit, then [a-zA-Z0-9_.-]")
+    c = get_container(ctx, ref)
+    if c.name == new_name:
+        raise InvalidArgument(f"container {ref} is already named {new_name!r}")
+    with ctx.store.locked():
+        holder = next((x for x in _all_records(ctx) if x.name == new_name), None)
+        if holder is not None:
+            raise Conflict(f"the container name {new_name!r} is already in use by {holder.id[:12]}",
+                           hint=f"remove it with `ctr rm {new_name}`, or choose another name")
+        now = _load(ctx, c.id)
+        if now is None:
+            raise NotFound(f"no such container: {ref}")
+        now.name = new_name
+        ctx.store.write_container(c.id, now.to_dict())
+    return now
+
+
 def _all_records(ctx: Context) -> list[Container]:
     out = []
     for cid in ctx.store.container_ids():

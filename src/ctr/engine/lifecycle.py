@@ -114,6 +114,18 @@ def start(ctx: Context, ref: str) -> Container:
     return _load(ctx, c.id) or c
 
 
+def restart(ctx: Context, ref: str, timeout: float = STOP_TIMEOUT) -> Container:
+    """`restart REF`: `stop` (SIGTERM, SIGKILL after `timeout`), then `start` (detached) over
+    the same writable layer; a container that is not running is just started."""
+    c, _, driver = _restartable(ctx, ref)
+    _check_detachable(driver)  # before anything is stopped
+    if c.auto_remove:
+        raise Conflict(f"container {ref} was run with --rm: stopping it removes it, so it cannot be restarted",
+                       hint=f"stop it with `ctr stop {ref}`, then run it again")
+    stop(ctx, c.id, timeout)
+    return start(ctx, c.id)
+
+
 def _kill_leftovers(cid: str) -> None:
     """A container that is not running may still have processes: a foreground `run` killed
     before it recorded the start leaves its workload orphaned. Two workloads must never
