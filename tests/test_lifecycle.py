@@ -217,6 +217,26 @@ def test_detach_round_trip(life):
     assert container_pids(cid) == []
 
 
+def test_create_then_start(life):
+    """docker create: the container is made (state created, nothing runs) and its id printed;
+    start -a runs it in the foreground, start detached; --rm goes with it after its run."""
+    cid = life.ok("create", "--name", "made", "--driver", life.driver, life.image, "sh", "-c", "echo hello; exit 3").strip()
+    assert HEX64.match(cid)
+    rec = life.record("made")
+    assert rec["State"]["Status"] == "created" and rec["State"]["Pid"] == 0 and container_pids(cid) == []
+    r = life("start", "-a", "made")
+    assert (r.code, r.out) == (3, "hello\n")
+    assert life.state("made") == "exited"
+    rm_id = life.ok("create", "--rm", "--driver", life.driver, life.image, "sh", "-c", "sleep 0.2").strip()
+    assert life.ok("start", rm_id) == rm_id + "\n"
+    life.wait_for(lambda: not (life.ctr.root / "containers" / rm_id).exists(), what="the --rm container to go")
+    r = life("create", "no-such-image")
+    assert r.code == 125
+    assert_one_error(r, "no such image")
+    assert life("create", "-d", life.image, "true").code == 2  # run's options, -d aside
+    assert sorted(p.name for p in (life.ctr.root / "containers").iterdir()) == [cid]
+
+
 def test_restart(life):
     """stop, then start over the same writable layer; a stopped container is just started; a
     --rm container is refused (stopping removes it) and left running."""
@@ -385,6 +405,22 @@ def test_run_d_fails_as_run_does(life, opts, cmd, code, needle):
 def test_run_d_rm_removes_after_exit(life):
     cid = life.ok("run", "-d", "--rm", "--driver", life.driver, life.image, "sh", "-c", "sleep 0.3").strip()
     life.wait_for(lambda: not (life.ctr.root / "containers" / cid).exists(), what="auto-removal")
+
+
+def test_a_monitor_removing_its_container_does_not_wait_for_itself(monkeypatch):
+    """The monitor of a --rm container removes it through `rm -f`'s path, which waits for the
+    container's monitor to exit: it must not wait for itself (it did, KILL_WAIT = 10 s, during
+    which the container and its name lingered)."""
+    from ctr.engine import lifecycle
+    from ctr.models import Container, RunConfig
+
+    monkeypatch.setattr(lifecycle, "KILL_WAIT", 120.0)
+    me = Container(id="f" * 64, name="x", image="sha256:" + "0" * 64, image_name="bb", isolation="process",
+                   driver="overlay", config=RunConfig(command=["true"]), monitor_pid=os.getpid(),
+                   monitor_start=start_time(os.getpid()))
+    t = time.monotonic()
+    lifecycle.terminate(None, me)  # type: ignore[arg-type]
+    assert time.monotonic() - t < 60, "terminate() waited for the calling monitor itself"
 
 
 def test_run_d_image_errors_are_125(life):

@@ -1,4 +1,4 @@
-"""Container verbs at the top level: run, ps, rm, diff, inspect."""
+"""Container verbs at the top level: run, create, ps, rm, diff, inspect, rename."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ CONTEXT = {"allow_interspersed_args": False}
 
 def register(app: typer.Typer) -> None:
     app.command("run", context_settings=CONTEXT)(run)
+    app.command("create", context_settings=CONTEXT)(create)
     app.command("ps")(ps)
     app.command("rm")(rm)
     app.command("diff")(diff)
@@ -51,6 +52,25 @@ def run(
                      interactive=interactive, tty=tty, hostname=hostname, memory=memory, cpus=cpus,
                      detach=detach, entrypoint=entrypoint)
     raise typer.Exit(code)
+
+
+def create(**options) -> None:
+    """Create a container without starting it; print its id (`ctr start` runs it)."""
+    raise typer.Exit(plain.create(**options))
+
+
+def _like_run_without_detach(fn):
+    """`create` takes run's arguments and options, -d aside: typer reads the parameters from
+    __signature__ and their types from __annotations__."""
+    import inspect
+
+    sig = inspect.signature(run)
+    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "detach"])
+    fn.__annotations__ = {k: v for k, v in run.__annotations__.items() if k != "detach"}
+    return fn
+
+
+_like_run_without_detach(create)
 
 
 def ps(

@@ -25,7 +25,34 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
         hostname: Optional[str] = None, memory: Optional[str] = None, cpus: Optional[float] = None,
         detach: bool = False, entrypoint: Optional[str] = None) -> int:
     """Run a command in a new container; returns the exit code `ctr run` exits with."""
+    options = dict(locals())
+    del options["detach"]
     from ctr import output
+
+    c, image_rec, drv = _create(**options)
+    if drv.emulated:
+        output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
+    if detach:
+        from ctr.engine import lifecycle
+
+        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
+        return 0
+    from ctr.engine import containers as ce
+
+    return ce.start_foreground(ctx(), c, image_rec, drv)
+
+
+def create(**options) -> int:
+    """`ctr create`: the container `run` would make (the same arguments, -d aside), its id
+    printed, nothing started."""
+    print(_create(**options)[0].id)
+    return 0
+
+
+def _create(image: str, command: Optional[List[str]], name: Optional[str], isolation: Optional[str],
+            driver: Optional[str], rm: bool, env: List[str], env_file: List[str], workdir: Optional[str],
+            volume: List[str], user: Optional[str], interactive: bool, tty: bool, hostname: Optional[str],
+            memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str]):
     from ctr.cli.common import G
     from ctr.engine import containers as ce
     from ctr.errors import CtrError
@@ -39,18 +66,10 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
             interactive=interactive, tty=tty, remove=rm, hostname=hostname,
             memory=parse_size(memory, "memory") if memory else None, cpus=cpus, entrypoint=entrypoint,
         )
-        c, image_rec, drv = ce.create(ctx(), opts)
+        return ce.create(ctx(), opts)
     except CtrError as e:
         e.exit_code = 125
         raise
-    if drv.emulated:
-        output.warn(f"{c.isolation} isolation is emulated by the {drv.name} driver: {drv.summary}")
-    if detach:
-        from ctr.engine import lifecycle
-
-        print(lifecycle.start_detached(ctx(), c, image_rec, drv).id)
-        return 0
-    return ce.start_foreground(ctx(), c, image_rec, drv)
 
 
 def _ps_item(c) -> dict:

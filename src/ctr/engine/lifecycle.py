@@ -272,11 +272,14 @@ def reconcile_orphan(ctx: Context, c: Container) -> Container:
 
 
 def terminate(ctx: Context, c: Container) -> None:
-    """Kill every process of the container and let its monitor finish (for `rm -f`)."""
+    """Kill every process of the container and let its monitor finish (for `rm -f`). The
+    monitor of a --rm container calls this itself, and must not wait for its own exit."""
     pids = monitor.container_processes(c.id)
     if proc.pid_alive(c.pid, c.pid_start) and c.pid not in pids:
         pids.append(c.pid)  # type: ignore[arg-type]
     monitor.kill_processes(pids)
+    if c.monitor_pid == os.getpid():
+        return
     deadline = time.monotonic() + KILL_WAIT
     while c.monitor_pid and proc.pid_alive(c.monitor_pid, c.monitor_start) and time.monotonic() < deadline:
         _sleep_on(c.monitor_pid, c.monitor_start, deadline - time.monotonic())
