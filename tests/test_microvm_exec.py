@@ -198,6 +198,18 @@ def test_detached_exec_holds_a_slot_in_the_background(box):
     assert ctr.ok("exec", "ex", "sh", "-c", "kill $(cat /tmp/dpid)") == ""  # frees its slot
 
 
+def test_cp_reaches_the_guests_root(box, tmp_path):
+    """cp into a running microvm container writes the merged tree the guest has over 9p: the
+    guest sees the file at once; and cp reads back what the guest wrote there."""
+    ctr = box["ctr"]
+    (tmp_path / "f").write_text("from host\n")
+    ctr.ok("cp", str(tmp_path / "f"), "ex:/srv/copied")
+    assert _exec(box, "ex", "cat", "/srv/copied").out == "from host\n"
+    assert _exec(box, "ex", "sh", "-c", "echo from guest > /srv/written").code == 0
+    ctr.ok("cp", "ex:/srv/written", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_text() == "from guest\n"
+
+
 def test_a_small_vm_has_no_slots(box):
     """Every slot costs guest memory: below 256 MB there is none, and exec says how to get one."""
     from ctr.drivers import microvm

@@ -637,6 +637,28 @@ def test_exec_joins_the_container_under_its_confinement(ctr, bb, mode):
         ctr("rm", "-f", "x")
 
 
+@needs_root
+@needs_busybox
+def test_cp_in_and_out_of_a_running_sandbox(ctr, bb, mode, tmp_path):
+    """cp joins the running container's user and mount namespaces as its root: what it writes
+    is the container root's (on disk 0, in the diff, as the workload's own writes), and it
+    reads what the workload sees, its own /tmp included."""
+    cid = ctr.ok("run", "-d", *SANDBOX, "--name", "x", bb, "sleep", "300").strip()
+    try:
+        (tmp_path / "f").write_text("from host\n")
+        ctr.ok("cp", str(tmp_path / "f"), "x:/root/")
+        assert ctr.ok("exec", "x", "stat", "-c", "%u:%g %s", "/root/f") == "0:0 10\n"
+        assert (ctr.root / "containers" / cid / "upper" / "root" / "f").stat().st_uid == 0
+        assert "A /root/f" in ctr.ok("diff", "x").splitlines()
+        ctr.ok("exec", "x", "sh", "-c", "echo in-tmpfs > /tmp/t")
+        ctr.ok("cp", "x:/tmp/t", str(tmp_path / "t"))
+        assert (tmp_path / "t").read_text() == "in-tmpfs\n"
+        r = ctr("cp", "x:/tmp/../../../etc/shadow-nope", str(tmp_path))  # resolved inside its root
+        assert r.code == 1 and "no such file" in r.err
+    finally:
+        ctr("rm", "-f", "x")
+
+
 # ============================================================================ the diff grid
 def _grid_cases():
     try:

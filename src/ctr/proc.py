@@ -1033,45 +1033,53 @@ def namespaces_of(pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
+def join_root(pid: int, pid_start: int | None, names: Sequence[str] = ENTER_ORDER, under: str = "",
+              between: Callable[[list[str]], None] | None = None) -> None:
+    """In a forked child: join those of `pid`'s namespaces (`names`, in ENTER_ORDER) that differ
+    from this process's -- the user namespace first, becoming its root when this is host root
+    (host root is not mapped in a mapped container's namespace) -- and chroot into its root
+    (or into `under`, a directory below it). `between(joined)` runs after the joins, before the
+    chroot (the pid namespace's fork). Not dumpable from the start: the container's processes (the
+    same ids, once in its user namespace) cannot ptrace this python or open its /proc files."""
+    libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    was_root = os.geteuid() == 0
+    mine = namespaces_of(os.getpid())
+    fds: list[tuple[str, int]] = []
+    root_fd = os.open(f"/proc/{pid}/root{under}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name, ident in namespaces_of(pid).items():
+            if name in names and mine.get(name) != ident:
+                path = f"/proc/{pid}/ns/" + ("pid_for_children" if name == "pid" else name)
+                fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+        if pid_start is not None and pid_start_time(pid) != pid_start:
+            raise OSError(errno.ESRCH, f"process {pid} is gone")
+        for name, fd in fds:
+            setns(fd)
+            if name == "user" and was_root:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+                os.setgroups([0])
+        if between is not None:
+            between([name for name, _ in fds])
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.chdir("/")
+    finally:
+        for _, fd in fds:
+            os.close(fd)
+        os.close(root_fd)
+
+
 def _enter_hook(pid: int, pid_start: int | None) -> Callable[[], None]:
-    def enter() -> None:
-        # not dumpable until the exec: the container's processes (the same ids, once in its
-        # user namespace) cannot ptrace this python or open its /proc files -- its memory,
-        # environment and executable are ctr's
-        libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        was_root = os.geteuid() == 0
-        mine = namespaces_of(os.getpid())
-        fds: list[tuple[str, int]] = []
-        root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for name, ident in namespaces_of(pid).items():
-                if mine.get(name) != ident:
-                    path = f"/proc/{pid}/ns/" + ("pid_for_children" if name == "pid" else name)
-                    fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-            if pid_start is not None and pid_start_time(pid) != pid_start:
-                raise OSError(errno.ESRCH, f"process {pid} is gone")
-            for name, fd in fds:
-                setns(fd)
-                if name == "user" and was_root:
-                    # host root is not mapped in a mapped container's namespace (it would act
-                    # as the overflow id): become its root, as the container's own setup did
-                    os.setresgid(0, 0, 0)
-                    os.setresuid(0, 0, 0)
-                    os.setgroups([0])
-            if any(name == "pid" for name, _ in fds):
-                # setns(pid) applies to children: fork once more; this process relays
-                child = os.fork()
-                if child:
-                    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe must close
-                    _relay_pid1(child)
-            os.fchdir(root_fd)
-            os.chroot(".")
-            os.chdir("/")
-        finally:
-            for _, fd in fds:
-                os.close(fd)
-            os.close(root_fd)
-    return enter
+    def fork_into_pid_ns(joined: list[str]) -> None:
+        if "pid" in joined:
+            # setns(pid) applies to children: fork once more; this process relays
+            child = os.fork()
+            if child:
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the status pipe must close
+                _relay_pid1(child)
+
+    return lambda: join_root(pid, pid_start, between=fork_into_pid_ns)
 
 
 def enter(pid: int, pid_start: int | None, launch: Launch, detach: bool = False) -> Started:

@@ -1,4 +1,4 @@
-"""Container verbs at the top level: run, create, ps, rm, diff, inspect, rename."""
+"""Container verbs at the top level: run, create, ps, rm, diff, inspect, rename, cp."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
     app.command("diff")(diff)
     app.command("inspect")(inspect)
     app.command("rename")(rename)
+    app.command("cp")(cp)
 
 
 def run(
@@ -117,6 +118,23 @@ def rename(
     from ctr.engine import containers as ce
 
     ce.rename(ctx(), container, new_name)
+
+
+def cp(
+    src: str = typer.Argument(..., help="CONTAINER:SRC_PATH, a host path, or - (a tar archive on stdin)"),
+    dest: str = typer.Argument(..., help="CONTAINER:DEST_PATH, a host path, or - (a tar archive to stdout)"),
+    archive: bool = typer.Option(False, "--archive", "-a",
+                                 help="Keep the source's owners (numeric ids) and setuid/setgid bits"),
+    follow_link: bool = typer.Option(False, "--follow-link", "-L", help="Follow a symlink at SRC_PATH"),
+) -> None:
+    """Copy files and directories between a container (running or stopped) and the host."""
+    from ctr import output
+    from ctr.engine import cp as engine_cp
+
+    report = engine_cp.copy(ctx(), src, dest, archive=archive, follow=follow_link)
+    if report.skipped:
+        output.warn(f"skipped {len(report.skipped)} special file(s) (devices, fifos): "
+                    + ", ".join(report.skipped[:5]) + (" ..." if len(report.skipped) > 5 else ""))
 
 
 def inspect(
