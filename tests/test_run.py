@@ -156,6 +156,35 @@ def test_env_and_env_file(ctr, busybox_image, tmp_path):
     assert "CTR_TEST_UNSET_XYZ" not in env
 
 
+def test_labels(ctr, busybox_image):
+    """docker's --label: kept in the record, shown by inspect and ps, and the handle CI scripts
+    clean up by (ps --filter label=KEY[=VALUE]: every label filter must match)."""
+    ctr.ok("run", "--name", "a", "--label", "ci=1", "-l", "job=42", "--label=flag", busybox_image, "true")
+    ctr.ok("run", "--name", "b", "--label", "ci=2", busybox_image, "true")
+    ctr.ok("run", "--name", "c", busybox_image, "true")
+
+    def names(*filters: str) -> list[str]:
+        args = [x for f in filters for x in ("--filter", f)]
+        return sorted(ctr.ok("ps", "-a", "--format", "{{.Names}}", *args).split())
+
+    assert names("label=ci") == ["a", "b"]
+    assert names("label=ci=1") == ["a"]
+    assert names("label=ci", "label=job=42") == ["a"]
+    assert names("label=flag") == ["a"] and names("label=flag=") == ["a"] and names("label=nope") == []
+    assert json.loads(ctr.ok("inspect", "-f", "{{json .Config.Labels}}", "a")) == {"ci": "1", "job": "42", "flag": ""}
+    assert ctr.ok("ps", "-a", "--filter", "name=a", "--format", "{{.Labels}}") == "ci=1,flag=,job=42\n"
+    rows = json.loads(ctr.ok("ps", "-a", "--format", "json"))
+    assert {r["Names"][0]: r["Labels"] for r in rows} == {"a": {"ci": "1", "job": "42", "flag": ""},
+                                                          "b": {"ci": "2"}, "c": {}}
+    before = container_dirs(ctr)
+    r = ctr("run", "--label", "=x", busybox_image, "true")
+    assert r.code == 125
+    assert_one_error(r, "invalid label")
+    assert container_dirs(ctr) == before
+    ctr.ok("rm", *ctr.ok("ps", "-aq", "--filter", "label=ci").split())
+    assert names() == ["c"]
+
+
 def test_entrypoint(ctr, busybox_image):
     """docker's rules: COMMAND follows the image's ENTRYPOINT and replaces its CMD; --entrypoint
     replaces the ENTRYPOINT and drops the CMD; '' clears it; podman's JSON array form too."""

@@ -158,11 +158,12 @@ class Image(Record):
 
 class RunConfig(Record):
     __slots__ = _fields = ("command", "env", "workdir", "user", "mounts", "interactive", "tty", "hostname",
-                           "memory", "cpus")
+                           "memory", "cpus", "labels")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str = "", user: str = "",
                  mounts: list[Mount] = _NEW, interactive: bool = False, tty: bool = False,
-                 hostname: str = "", memory: int | None = None, cpus: float | None = None):
+                 hostname: str = "", memory: int | None = None, cpus: float | None = None,
+                 labels: dict[str, str] = _NEW):
         self.command = command
         self.env = [] if env is _NEW else env
         self.workdir = workdir
@@ -173,6 +174,7 @@ class RunConfig(Record):
         self.hostname = hostname
         self.memory = memory  # bytes
         self.cpus = cpus
+        self.labels = {} if labels is _NEW else labels  # docker's --label: KEY -> VALUE
 
 
 class Container(Record):

@@ -46,12 +46,13 @@ def run(
     entrypoint: Optional[str] = typer.Option(
         None, "--entrypoint", help="Overwrite the image's entrypoint (a program, or a JSON array); '' clears it. "
                                    "The image's default command is then not used"),
+    label: List[str] = typer.Option([], "--label", "-l", help="Set a label: KEY=VALUE (ps --filter label=KEY[=VALUE])"),
 ) -> None:
     """Run a command in a new container."""
     code = plain.run(image=image, command=command, name=name, isolation=isolation, driver=driver, rm=rm,
                      env=env, env_file=env_file, workdir=workdir, volume=volume, user=user,
                      interactive=interactive, tty=tty, hostname=hostname, memory=memory, cpus=cpus,
-                     detach=detach, entrypoint=entrypoint)
+                     detach=detach, entrypoint=entrypoint, label=label)
     raise typer.Exit(code)
 
 
@@ -79,7 +80,7 @@ def ps(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only display container ids"),
     last: int = typer.Option(-1, "--last", "-n", help="Show the n last created containers (all states)"),
     latest: bool = typer.Option(False, "--latest", "-l", help="Show the latest created container (all states)"),
-    filter: List[str] = typer.Option([], "--filter", "-f", help="Filter: id, name, status, ancestor, exited, isolation, driver"),
+    filter: List[str] = typer.Option([], "--filter", "-f", help="Filter: id, name, status, ancestor, exited, isolation, driver, label"),
     no_trunc: bool = typer.Option(False, "--no-trunc", help="Do not truncate output"),
     format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ) -> None:

@@ -23,7 +23,7 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
         env: List[str] = (), env_file: List[str] = (), workdir: Optional[str] = None,
         volume: List[str] = (), user: Optional[str] = None, interactive: bool = False, tty: bool = False,
         hostname: Optional[str] = None, memory: Optional[str] = None, cpus: Optional[float] = None,
-        detach: bool = False, entrypoint: Optional[str] = None) -> int:
+        detach: bool = False, entrypoint: Optional[str] = None, label: List[str] = ()) -> int:
     """Run a command in a new container; returns the exit code `ctr run` exits with."""
     options = dict(locals())
     del options["detach"]
@@ -52,7 +52,7 @@ def create(**options) -> int:
 def _create(image: str, command: Optional[List[str]], name: Optional[str], isolation: Optional[str],
             driver: Optional[str], rm: bool, env: List[str], env_file: List[str], workdir: Optional[str],
             volume: List[str], user: Optional[str], interactive: bool, tty: bool, hostname: Optional[str],
-            memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str]):
+            memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str], label: List[str]):
     from ctr.cli.common import G
     from ctr.engine import containers as ce
     from ctr.errors import CtrError
@@ -65,6 +65,7 @@ def _create(image: str, command: Optional[List[str]], name: Optional[str], isola
             env=list(env), env_files=list(env_file), workdir=workdir, volumes=list(volume), user=user,
             interactive=interactive, tty=tty, remove=rm, hostname=hostname,
             memory=parse_size(memory, "memory") if memory else None, cpus=cpus, entrypoint=entrypoint,
+            labels=list(label),
         )
         return ce.create(ctx(), opts)
     except CtrError as e:
@@ -92,12 +93,13 @@ def _ps_item(c) -> dict:
         "Isolation": c.isolation,
         "Driver": c.driver,
         "Emulated": c.emulated,
+        "Labels": dict(c.config.labels),
     }
 
 
 PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
               "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Names": "NAMES",
-              "Isolation": "ISOLATION", "Driver": "DRIVER", "ExitCode": "EXIT CODE"}
+              "Isolation": "ISOLATION", "Driver": "DRIVER", "ExitCode": "EXIT CODE", "Labels": "LABELS"}
 
 
 def _ps_view(c, item: dict, no_trunc: bool):
@@ -116,10 +118,16 @@ def _ps_view(c, item: dict, no_trunc: bool):
         "CreatedAt": output.docker_time(c.created),
         "RunningFor": output.ago(c.created),
         "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=True),
+        "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.config.labels.items())),
     }, PS_HEADERS)
 
 
-FILTER_KEYS = ("id", "name", "status", "ancestor", "exited", "isolation", "driver")
+FILTER_KEYS = ("id", "name", "status", "ancestor", "exited", "isolation", "driver", "label")
+
+
+def _has_label(labels: dict, spec: str) -> bool:
+    key, sep, value = spec.partition("=")
+    return key in labels and (not sep or labels[key] == value)
 
 
 def _filter(cs, filters: List[str]):
@@ -154,6 +162,8 @@ def _filter(cs, filters: List[str]):
                 ok = c.image in ancestors or c.image_name in values
             elif key == "exited":
                 ok = c.state == "exited" and str(c.exit_code) in values
+            elif key == "label":  # as docker: every label filter must match
+                ok = all(_has_label(c.config.labels, v) for v in values)
             else:
                 ok = getattr(c, key) in values
             if not ok:

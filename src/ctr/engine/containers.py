@@ -124,14 +124,14 @@ def latest(ctx: Context) -> Container:
 class RunOptions(Record):
     __slots__ = _fields = ("image", "command", "name", "isolation", "driver", "env", "env_files", "workdir",
                            "volumes", "user", "interactive", "tty", "remove", "hostname", "memory", "cpus",
-                           "entrypoint")
+                           "entrypoint", "labels")
 
     def __init__(self, image: str, command: list[str], name: str | None = None, isolation: str | None = None,
                  driver: str | None = None, env: list[str] | None = None, env_files: list[str] | None = None,
                  workdir: str | None = None, volumes: list[str] | None = None, user: str | None = None,
                  interactive: bool = False, tty: bool = False, remove: bool = False,
                  hostname: str | None = None, memory: int | None = None, cpus: float | None = None,
-                 entrypoint: str | None = None):
+                 entrypoint: str | None = None, labels: list[str] | None = None):
         self.image = image
         self.command = command
         self.name = name
@@ -149,6 +149,7 @@ class RunOptions(Record):
         self.memory = memory
         self.cpus = cpus
         self.entrypoint = entrypoint  # None: the image's; "" clears it; a command or a JSON array
+        self.labels = [] if labels is None else labels  # KEY=VALUE or KEY
 
 
 def parse_volume(spec: str) -> Mount:
@@ -191,6 +192,17 @@ def _env_item(item: str, where: str) -> str | None:
     if not sep:  # docker: KEY alone takes the value from ctr's own environment
         return f"{key}={os.environ[key]}" if key in os.environ else None
     return item
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """`--label KEY=VALUE` (or KEY: an empty value), as docker's; a later one wins."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise InvalidArgument(f"invalid label {item!r}", hint="use --label KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def parse_entrypoint(text: str) -> list[str]:
@@ -257,6 +269,7 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
         raise InvalidArgument(f"working directory {opts.workdir!r} must be absolute")
     mounts = [parse_volume(v) for v in opts.volumes]
     user_env = parse_env(opts.env, opts.env_files)
+    labels = parse_labels(opts.labels)
     isolation = opts.isolation or ctx.config.isolation or "process"
     driver = select_driver(isolation, opts.driver, ctx.config.drivers.get(isolation))
     memory, cpus = opts.memory, opts.cpus
@@ -280,6 +293,7 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
         hostname=hostname,
         memory=memory,
         cpus=cpus,
+        labels=labels,
     )
     c = Container(
         id=cid, name=opts.name or "", image=image.id, image_name=opts.image,
