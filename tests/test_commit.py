@@ -461,8 +461,28 @@ def test_prune_filter_until(ctr, bb):
     assert len(r.splitlines()) == 4
     r = ctr("container", "prune", "-f", "--filter", "until=yesterday")
     assert r.code == 2 and "invalid until value" in r.err
-    r = ctr("container", "prune", "-f", "--filter", "label=x")
+    r = ctr("container", "prune", "-f", "--filter", "name=x")
     assert r.code == 2 and "unsupported filter" in r.err
+
+
+def test_prune_filter_labels(ctr, bb):
+    """label=KEY[=VALUE]: all must match; label!=KEY[=VALUE]: none may (docker's)."""
+    ctr.ok("run", "--name", "a", "-l", "job=1", "-l", "keep", bb, "true")
+    ctr.ok("run", "--name", "b", "-l", "job=1", bb, "true")
+    ctr.ok("run", "--name", "c", "-l", "job=2", bb, "true")
+    ctr.ok("run", "--name", "d", bb, "true")
+
+    def left() -> list[str]:
+        return sorted(ctr.ok("ps", "-a", "--format", "{{.Names}}").split())
+
+    ctr.ok("container", "prune", "-f", "--filter", "label=job=1", "--filter", "label!=keep")
+    assert left() == ["a", "c", "d"]
+    ctr.ok("container", "prune", "-f", "--filter", "label=job")
+    assert left() == ["d"]
+    for bad in ("label=", "label!=", "label"):
+        r = ctr("container", "prune", "-f", "--filter", bad)
+        assert r.code == 2 and "unsupported filter" in r.err, (bad, r)
+    assert left() == ["d"]
 
 
 def test_parse_until_forms():

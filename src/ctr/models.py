@@ -176,6 +176,11 @@ class RunConfig(Record):
         self.cpus = cpus
         self.labels = {} if labels is _NEW else labels  # docker's --label: KEY -> VALUE
 
+    def has_label(self, spec: str) -> bool:
+        """`KEY` (any value) or `KEY=VALUE`, as docker's `--filter label=…`."""
+        key, sep, value = spec.partition("=")
+        return key in self.labels and (not sep or self.labels[key] == value)
+
 
 class Container(Record):
     __slots__ = _fields = ("id", "name", "image", "image_name", "isolation", "driver", "config", "state",

@@ -159,14 +159,15 @@ def _confirm(question: str) -> bool | None:
 
 def prune(
     force: bool = typer.Option(False, "--force", "-f", help="Do not prompt for confirmation"),
-    filter: List[str] = typer.Option([], "--filter", help="Only containers created before until=DURATION|TIME"),
+    filter: List[str] = typer.Option([], "--filter",
+                                     help="until=DURATION|TIME (created before), label=KEY[=VALUE], label!=KEY[=VALUE]"),
 ) -> None:
     """Remove all stopped containers."""
     from ctr import output
     from ctr.engine import commit as ec
     from ctr.errors import CtrError
 
-    until = ec.parse_prune_filters(list(filter))
+    filters = ec.parse_prune_filters(list(filter))
     if not force:
         ok = _confirm("WARNING! This will remove all stopped containers.\n"
                       "Are you sure you want to continue? [y/N] ")
@@ -175,7 +176,7 @@ def prune(
                            hint="use -f to remove without asking")
         if not ok:
             return
-    report = ec.prune_containers(ctx(), until)
+    report = ec.prune_containers(ctx(), filters)
     if report.removed:
         print("Deleted Containers:")
         for cid in report.removed:

@@ -125,11 +125,6 @@ def _ps_view(c, item: dict, no_trunc: bool):
 FILTER_KEYS = ("id", "name", "status", "ancestor", "exited", "isolation", "driver", "label")
 
 
-def _has_label(labels: dict, spec: str) -> bool:
-    key, sep, value = spec.partition("=")
-    return key in labels and (not sep or labels[key] == value)
-
-
 def _filter(cs, filters: List[str]):
     from ctr.errors import InvalidArgument
 
@@ -163,7 +158,7 @@ def _filter(cs, filters: List[str]):
             elif key == "exited":
                 ok = c.state == "exited" and str(c.exit_code) in values
             elif key == "label":  # as docker: every label filter must match
-                ok = all(_has_label(c.config.labels, v) for v in values)
+                ok = all(c.config.has_label(v) for v in values)
             else:
                 ok = getattr(c, key) in values
             if not ok:

@@ -251,23 +251,31 @@ class PruneReport:
 PRUNABLE = (State.EXITED.value, State.CREATED.value, State.REMOVING.value)
 
 
-def prune_candidates(ctx: Context, until: datetime | None = None) -> list[Container]:
-    """Stopped containers (created, exited, or left half-removed), optionally only those
-    created before `until`."""
-    out = []
-    for c in list_containers(ctx, all=True):
-        if c.state not in PRUNABLE:
-            continue
+@dataclass
+class PruneFilters:
+    """docker's `container prune --filter`: until=, label=KEY[=VALUE] (all must match) and
+    label!=KEY[=VALUE] (none may)."""
+    until: datetime | None = None
+    labels: list[str] = field(default_factory=list)
+    not_labels: list[str] = field(default_factory=list)
+
+    def keep(self, c: Container) -> bool:
+        """True for a container these filters leave alone."""
         created = parse_iso(c.created)
-        if until is not None and created is not None and created >= until:
-            continue
-        out.append(c)
-    return out
+        if self.until is not None and created is not None and created >= self.until:
+            return True
+        return not all(c.config.has_label(s) for s in self.labels) or any(c.config.has_label(s) for s in self.not_labels)
 
 
-def prune_containers(ctx: Context, until: datetime | None = None) -> PruneReport:
+def prune_candidates(ctx: Context, filters: PruneFilters | None = None) -> list[Container]:
+    """Stopped containers (created, exited, or left half-removed) that `filters` select."""
+    filters = filters or PruneFilters()
+    return [c for c in list_containers(ctx, all=True) if c.state in PRUNABLE and not filters.keep(c)]
+
+
+def prune_containers(ctx: Context, filters: PruneFilters | None = None) -> PruneReport:
     report = PruneReport([], 0)
-    for c in prune_candidates(ctx, until):
+    for c in prune_candidates(ctx, filters):
         size = disk_usage(ctx.store.container_dir(c.id))
         (r,) = remove_containers(ctx, [c.id], force=False)
         if r.error is not None:
@@ -329,14 +337,19 @@ def parse_until(value: str, now: datetime | None = None) -> datetime:
     return t if t.tzinfo else t.astimezone()  # a time without a zone is local time, as docker
 
 
-def parse_prune_filters(filters: list[str], now: datetime | None = None) -> datetime | None:
-    until = None
+def parse_prune_filters(filters: list[str], now: datetime | None = None) -> PruneFilters:
+    out = PruneFilters()
     for f in filters:
         key, sep, value = f.partition("=")
-        if key != "until" or not sep:
-            raise InvalidArgument(f"unsupported filter {f!r}", hint="container prune takes --filter until=DURATION|TIME")
-        until = parse_until(value, now)
-    return until
+        if not sep or key not in ("until", "label", "label!") or (key != "until" and not value.partition("=")[0]):
+            raise InvalidArgument(f"unsupported filter {f!r}",
+                                  hint="container prune takes --filter until=DURATION|TIME, label=KEY[=VALUE], "
+                                       "label!=KEY[=VALUE]")
+        if key == "until":
+            out.until = parse_until(value, now)
+        else:
+            (out.labels if key == "label" else out.not_labels).append(value)
+    return out
 
 
 # ============================================================================ image export
