@@ -439,6 +439,36 @@ def test_image_tag(ctr, busybox_image):
     assert ctr("image", "tag", "bb").code == 2  # usage: a target is needed
 
 
+def test_image_prune(ctr, busybox_image):
+    """Unnamed images no container uses go (a name moved off them); -a: every unused image;
+    an image a container uses stays; the layers only they had go with them."""
+    def image_id(ref):
+        return json.loads(ctr.ok("image", "inspect", ref))[0]["Id"]
+
+    for n, path in (("c1", "/x"), ("c2", "/y")):
+        ctr.ok("run", "--name", n, busybox_image, "touch", path)
+        ctr.ok("commit", n, "app:1")  # the second commit takes the name off the first image
+        ctr.ok("rm", n)
+        if n == "c1":
+            dangling = image_id("app:1")
+            only_layer = json.loads(ctr.ok("image", "inspect", "app:1"))[0]["RootFS"]["Layers"][-1]
+    assert ctr.ok("image", "prune", input="n\n") == ""  # asked, and told no
+    assert image_id(dangling) == dangling
+    out = ctr.ok("image", "prune", "-f")
+    assert f"deleted: {dangling}" in out and "Total reclaimed space:" in out and not out.rstrip().endswith(" 0B"), out
+    assert ctr("image", "inspect", dangling).code == 1
+    assert not (ctr.root / "layers" / only_layer.split(":")[1]).exists()  # the layer only it had
+    named = image_id("app:1")
+    ctr.ok("run", "--name", "user", busybox_image, "true")  # keeps bb in use
+    out = ctr.ok("image", "prune", "-a", "-f")
+    assert "untagged: app:1" in out and f"deleted: {named}" in out
+    assert [i["Names"] for i in json.loads(ctr.ok("image", "ls", "--format", "json"))] == [["host"], ["bb:latest"]]
+    assert ctr.ok("image", "prune", "-a", "-f") == "Total reclaimed space: 0B\n"
+    r = ctr("image", "prune", "-f", "--filter", "label=x")
+    assert r.code == 2
+    assert_one_error(r, "unsupported filter")
+
+
 def test_image_rm(ctr, busybox_image, rootfs):
     img = json.loads(ctr.ok("image", "inspect", "bb"))[0]
     # a second name on the same image: rm of a name only untags it

@@ -237,6 +237,25 @@ def test_create_then_start(life):
     assert sorted(p.name for p in (life.ctr.root / "containers").iterdir()) == [cid]
 
 
+def test_logs_since_until(life):
+    """--since/--until: a time (the log's own -t stamps work), a duration ago or a Unix time;
+    -f with an --until already past returns at once."""
+    life.run_d("sh", "-c", "echo early; sleep 1.2; echo late; exec sleep 100", name="lg")
+    life.wait_for(lambda: "late" in life.ok("logs", "lg"), what="the second line")
+    late = life.ok("logs", "-t", "lg").splitlines()[1].split(" ")[0]
+    assert life.ok("logs", "--since", late, "lg") == "late\n"
+    assert life.ok("logs", "--until", late, "lg") == "early\n"
+    assert life.ok("logs", "--since", "1h", "lg") == "early\nlate\n"
+    assert life.ok("logs", "--until", "1h", "lg") == ""
+    assert life.ok("logs", "--since", "4000000000", "lg") == ""
+    assert life.ok("logs", "-n", "1", "--until", late, "lg") == "early\n"
+    assert life.ok("logs", "-f", "--until", late, "lg", timeout=30) == "early\n"
+    r = life("logs", "--since", "yesterday", "lg")
+    assert r.code == 2
+    assert_one_error(r, "invalid since value")
+    life.ok("stop", "-t", "0", "lg")
+
+
 def test_restart(life):
     """stop, then start over the same writable layer; a stopped container is just started; a
     --rm container is refused (stopping removes it) and left running."""

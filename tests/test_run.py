@@ -185,6 +185,25 @@ def test_labels(ctr, busybox_image):
     assert names() == ["c"]
 
 
+def test_cidfile(ctr, busybox_image, tmp_path):
+    """docker's --cidfile: the full id, no newline; a file that exists is refused before
+    anything is made."""
+    f = tmp_path / "cid"
+    out = ctr.ok("run", "--cidfile", str(f), "--name", "x", busybox_image, "true")
+    assert out == "" and f.read_text() == json.loads(ctr.ok("inspect", "x"))[0]["Id"]
+    before = container_dirs(ctr)
+    r = ctr("run", "--cidfile", str(f), busybox_image, "true")
+    assert r.code == 125
+    assert_one_error(r, "exists")
+    assert container_dirs(ctr) == before
+    r = ctr("create", "--cidfile", str(tmp_path / "no" / "dir"), busybox_image, "true")
+    assert r.code == 125
+    assert_one_error(r, "cannot write the container ID file")
+    assert container_dirs(ctr) == before  # the container made is removed again
+    cid = ctr.ok("run", "-d", "--cidfile", str(tmp_path / "d"), busybox_image, "true").strip()
+    assert (tmp_path / "d").read_text() == cid
+
+
 def test_entrypoint(ctr, busybox_image):
     """docker's rules: COMMAND follows the image's ENTRYPOINT and replaces its CMD; --entrypoint
     replaces the ENTRYPOINT and drops the CMD; '' clears it; podman's JSON array form too."""

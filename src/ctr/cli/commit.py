@@ -147,14 +147,18 @@ def export(
 
 
 # ----------------------------------------------------------------------------- prune
-def _confirm(question: str) -> bool | None:
-    """True for yes, False for an answer other than yes, None when stdin gave nothing."""
+def confirm(question: str, verb: str) -> None:
+    """Ask `question` on stderr and read the answer from stdin: a yes goes on, another answer
+    ends the command (exit 0, as docker's), no answer at all is an error (use -f)."""
+    from ctr.errors import CtrError
+
     sys.stderr.write(question)
     sys.stderr.flush()
     answer = sys.stdin.readline()
     if not answer:
-        return None
-    return answer.strip().lower() in ("y", "yes")
+        raise CtrError(f"{verb} needs a confirmation and stdin gave none", hint="use -f to remove without asking")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise typer.Exit(0)
 
 
 def prune(
@@ -165,17 +169,11 @@ def prune(
     """Remove all stopped containers."""
     from ctr import output
     from ctr.engine import commit as ec
-    from ctr.errors import CtrError
 
     filters = ec.parse_prune_filters(list(filter))
     if not force:
-        ok = _confirm("WARNING! This will remove all stopped containers.\n"
-                      "Are you sure you want to continue? [y/N] ")
-        if ok is None:
-            raise CtrError("container prune needs a confirmation and stdin gave none",
-                           hint="use -f to remove without asking")
-        if not ok:
-            return
+        confirm("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ",
+                "container prune")
     report = ec.prune_containers(ctx(), filters)
     if report.removed:
         print("Deleted Containers:")

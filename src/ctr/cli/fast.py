@@ -64,12 +64,12 @@ COMMANDS: dict[str, dict] = {
                    "--hostname": ("hostname", str, False), "-m": ("memory", str, False),
                    "--memory": ("memory", str, False), "--cpus": ("cpus", float, False),
                    "--entrypoint": ("entrypoint", str, False), "-l": ("label", str, True),
-                   "--label": ("label", str, True)},
+                   "--label": ("label", str, True), "--cidfile": ("cidfile", str, False)},
         "positionals": "image+command",
         "defaults": {"image": None, "command": None, "name": None, "isolation": None, "driver": None,
                      "rm": False, "env": [], "env_file": [], "workdir": None, "volume": [], "user": None,
                      "interactive": False, "tty": False, "hostname": None, "memory": None, "cpus": None,
-                     "detach": False, "entrypoint": None, "label": []},
+                     "detach": False, "entrypoint": None, "label": [], "cidfile": None},
     },
 }
 

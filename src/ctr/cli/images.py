@@ -1,4 +1,4 @@
-"""`ctr image …`: import, ls, inspect, tag, rm (export: cli/commit.py)."""
+"""`ctr image …`: import, ls, inspect, tag, prune, rm (export: cli/commit.py)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,40 @@ def tag(
     from ctr.engine import images as ie
 
     ie.tag_image(ctx(), source, list(targets))
+
+
+@app.command("prune")
+def prune(
+    all: bool = typer.Option(False, "--all", "-a", help="Remove every image no container uses, not only unnamed ones"),
+    force: bool = typer.Option(False, "--force", "-f", help="Do not prompt for confirmation"),
+    filter: List[str] = typer.Option([], "--filter", help="until=DURATION|TIME: only images created before it"),
+) -> None:
+    """Remove images no container uses: those without a name left (with -a: all of them)."""
+    from ctr import output
+    from ctr.cli.commit import confirm
+    from ctr.engine import images as ie
+    from ctr.errors import InvalidArgument
+    from ctr.units import parse_time
+
+    until = None
+    for f in filter:
+        key, sep, value = f.partition("=")
+        if key != "until" or not sep:
+            raise InvalidArgument(f"unsupported filter {f!r}", hint="image prune takes --filter until=DURATION|TIME")
+        until = parse_time(value, "until")
+    if not force:
+        what = "all images without at least one container associated to them" if all else "all dangling images"
+        confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ", "image prune")
+    report = ie.prune_images(ctx(), all=all, until=until)
+    if report.removed:
+        print("Deleted Images:")
+        for r in report.removed:
+            for name in r.untagged:
+                print(f"untagged: {name}")
+            print(f"deleted: {r.deleted}")
+        print()
+    print(f"Total reclaimed space: {output.human_size(report.reclaimed)}")
+    fail_if_any(report.errors)
 
 
 @app.command("rm")

@@ -44,6 +44,8 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Follow the output until the container stops"),
     timestamps: bool = typer.Option(False, "--timestamps", "-t", help="Prefix each line with its time (RFC 3339, UTC)"),
     tail: str = typer.Option("all", "--tail", "-n", help="Number of lines to show from the end, or 'all'"),
+    since: Optional[str] = typer.Option(None, "--since", help="Only lines written since a time (2024-01-02T15:04:05Z) or a duration ago (10m)"),
+    until: Optional[str] = typer.Option(None, "--until", help="Only lines written before a time, or a duration ago"),
     latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
 ) -> None:
     """Show what a detached container wrote to stdout and stderr."""
@@ -56,9 +58,10 @@ def logs(
         n = int(tail)
     else:
         raise InvalidArgument(f"invalid --tail {tail!r}", hint="a number of lines, or 'all'")
+    bounds = [None if v is None else _log_time(v, what) for v, what in ((since, "since"), (until, "until"))]
     ref = _refs([container] if container else [], latest)[0]
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    for line in lifecycle.logs(ctx(), ref, tail=n, follow=follow):
+    for line in lifecycle.logs(ctx(), ref, tail=n, follow=follow, since=bounds[0], until=bounds[1]):
         stream = err if line.stream == "stderr" else out
         if timestamps:
             stream.write(line.time.encode() + b" ")
@@ -67,6 +70,18 @@ def logs(
             stream.flush()
     out.flush()
     err.flush()
+
+
+def _log_time(value: str, what: str) -> str:
+    """--since/--until as the log's own time stamps (RFC 3339, UTC, nanoseconds), which compare
+    as strings."""
+    from datetime import timezone
+
+    from ctr.monitor import timestamp
+    from ctr.units import parse_time
+
+    t = parse_time(value, what).astimezone(timezone.utc)
+    return timestamp(int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000)
 
 
 def start(

@@ -9,6 +9,7 @@ same code runs, so a behaviour lives here once.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ctr.cli.common import ctx
@@ -23,7 +24,8 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
         env: List[str] = (), env_file: List[str] = (), workdir: Optional[str] = None,
         volume: List[str] = (), user: Optional[str] = None, interactive: bool = False, tty: bool = False,
         hostname: Optional[str] = None, memory: Optional[str] = None, cpus: Optional[float] = None,
-        detach: bool = False, entrypoint: Optional[str] = None, label: List[str] = ()) -> int:
+        detach: bool = False, entrypoint: Optional[str] = None, label: List[str] = (),
+        cidfile: Optional[str] = None) -> int:
     """Run a command in a new container; returns the exit code `ctr run` exits with."""
     options = dict(locals())
     del options["detach"]
@@ -52,10 +54,11 @@ def create(**options) -> int:
 def _create(image: str, command: Optional[List[str]], name: Optional[str], isolation: Optional[str],
             driver: Optional[str], rm: bool, env: List[str], env_file: List[str], workdir: Optional[str],
             volume: List[str], user: Optional[str], interactive: bool, tty: bool, hostname: Optional[str],
-            memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str], label: List[str]):
+            memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str], label: List[str],
+            cidfile: Optional[str]):
     from ctr.cli.common import G
     from ctr.engine import containers as ce
-    from ctr.errors import CtrError
+    from ctr.errors import Conflict, CtrError
     from ctr.units import parse_size
 
     G.run_like = True
@@ -67,10 +70,33 @@ def _create(image: str, command: Optional[List[str]], name: Optional[str], isola
             memory=parse_size(memory, "memory") if memory else None, cpus=cpus, entrypoint=entrypoint,
             labels=list(label),
         )
-        return ce.create(ctx(), opts)
+        if cidfile is not None and os.path.lexists(cidfile):
+            raise Conflict(f"container ID file {cidfile} exists: another container may be using it",
+                           hint="remove the file, or give another --cidfile")
+        made = ce.create(ctx(), opts)
+        if cidfile is not None:
+            _write_cidfile(cidfile, made[0].id)
+        return made
     except CtrError as e:
         e.exit_code = 125
         raise
+
+
+def _write_cidfile(path: str, cid: str) -> None:
+    """docker's --cidfile: the full id, no newline, in a file that must not exist yet; the
+    container is removed again when it cannot be written."""
+    from ctr.engine import containers as ce
+    from ctr.errors import Conflict
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, cid.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        ce.remove_containers(ctx(), [cid], force=True)
+        raise Conflict(f"cannot write the container ID file {path}: {e.strerror}") from None
 
 
 def _ps_item(c) -> dict:

@@ -13,9 +13,8 @@ import json
 import os
 import re
 import shlex
-import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -31,6 +30,7 @@ from ctr.images import oci
 from ctr.images.digest import HashingReader, digest_bytes
 from ctr.models import Container, Image, ImageConfig, State, now_iso, parse_iso, replace, short
 from ctr.store.store import remove_path
+from ctr.store.usage import tree_usage
 
 class _Counting:
     """A stream that reports how many bytes went through it (for progress bars)."""
@@ -276,7 +276,7 @@ def prune_candidates(ctx: Context, filters: PruneFilters | None = None) -> list[
 def prune_containers(ctx: Context, filters: PruneFilters | None = None) -> PruneReport:
     report = PruneReport([], 0)
     for c in prune_candidates(ctx, filters):
-        size = disk_usage(ctx.store.container_dir(c.id))
+        size = tree_usage(ctx.store.container_dir(c.id)).bytes
         (r,) = remove_containers(ctx, [c.id], force=False)
         if r.error is not None:
             if isinstance(r.error, Conflict):  # it started meanwhile: not stopped any more
@@ -288,53 +288,11 @@ def prune_containers(ctx: Context, filters: PruneFilters | None = None) -> Prune
     return report
 
 
-def disk_usage(path: Path) -> int:
-    """Bytes of disk a tree takes (allocated blocks, each inode counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [str(path)]
-    while stack:
-        p = stack.pop()
-        try:
-            st = os.lstat(p)
-        except OSError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += st.st_blocks * 512
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                with os.scandir(p) as it:
-                    stack.extend(e.path for e in it)
-            except OSError:
-                pass
-    return total
-
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
 def parse_until(value: str, now: datetime | None = None) -> datetime:
-    """docker's `until=`: a duration before now (10m, 1h30m, 24h), an RFC 3339 time or date
-    (2024-01-02T15:04:05Z, 2024-01-02), or a Unix timestamp (1700000000[.5])."""
-    now = now or datetime.now(timezone.utc)
-    v = value.strip()
-    if v and _DURATION_RE.sub("", v) == "":
-        secs = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_RE.findall(v))
-        return now - timedelta(seconds=secs)
-    if re.fullmatch(r"\d+(?:\.\d+)?", v):
-        return datetime.fromtimestamp(float(v), timezone.utc)
-    try:
-        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidArgument(
-            f"invalid until value {value!r}",
-            hint="use a duration (10m, 24h), a time (2024-01-02T15:04:05Z), a date or a Unix timestamp",
-        ) from None
-    return t if t.tzinfo else t.astimezone()  # a time without a zone is local time, as docker
+    """docker's `until=` (units.parse_time)."""
+    from ctr.units import parse_time
+
+    return parse_time(value, "until", now)
 
 
 def parse_prune_filters(filters: list[str], now: datetime | None = None) -> PruneFilters:

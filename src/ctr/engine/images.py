@@ -13,6 +13,7 @@ from ctr.errors import Conflict, CtrError, ImageImportError, InvalidArgument, No
 from ctr.images.digest import HOST_IMAGE_ID, HashingReader, canonical_json, digest_bytes
 from ctr.models import HOST_IMAGE, Image, ImageConfig, Record, now_iso
 from ctr.store.store import remove_path
+from ctr.store.usage import tree_usage
 
 TYPE_CHECKING = False  # (typing and dataclasses are not imported at run time: `run` reads
 if TYPE_CHECKING:  # image records through this module; docs/performance.md)
@@ -298,3 +299,42 @@ def _remove_one(ctx: Context, ref: str, force: bool, ce) -> RemoveReport:
             if layer not in in_use:
                 ctx.store.discard_layer(layer)
     return RemoveReport(ref, list(img.names), img.id)
+
+
+# ----------------------------------------------------------------------------- prune
+class PruneReport(Record):
+    __slots__ = _fields = ("removed", "reclaimed", "errors")
+
+    def __init__(self, removed: list[RemoveReport], reclaimed: int, errors: list[RemoveReport]):
+        self.removed, self.reclaimed, self.errors = removed, reclaimed, errors
+
+
+def prune_images(ctx: Context, all: bool = False, until=None) -> PruneReport:
+    """docker's `image prune`: the images no container uses that have no name left (`all`:
+    named ones too), created before `until` if given. `reclaimed`: the disk blocks of the
+    layers that went with them (a layer another image has stays)."""
+    from ctr.engine import containers as ce
+    from ctr.models import parse_iso
+
+    store = ctx.store
+    used = {c.image for c in ce.list_containers(ctx, all=True)}
+    chosen = []
+    for img in list_images(ctx, include_host=False):
+        created = parse_iso(img.created)
+        if img.id in used or (img.names and not all):
+            continue
+        if until is not None and created is not None and created >= until:
+            continue
+        chosen.append(img)
+    sizes = {d: tree_usage(store.layer_dir(d)).bytes for img in chosen for d in img.layers}
+    before = set(store.layer_ids())
+    report = PruneReport([], 0, [])
+    for img in chosen:
+        try:
+            report.removed.append(_remove_one(ctx, img.id, False, ce))
+        except Conflict:  # a container started using it meanwhile: not unused any more
+            continue
+        except CtrError as e:
+            report.errors.append(RemoveReport(img.id, [], None, e))
+    report.reclaimed = sum(sizes.get(d, 0) for d in before - set(store.layer_ids()))
+    return report

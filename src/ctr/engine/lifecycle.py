@@ -298,9 +298,11 @@ def log_path(ctx: Context, cid: str):
 
 
 def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
-         poll: float = 0.05) -> Iterator[LogLine]:
+         poll: float = 0.05, since: str | None = None, until: str | None = None) -> Iterator[LogLine]:
     """The container's captured output, oldest first; the last `tail` lines only if given;
-    with `follow`, keep yielding new lines until the container is not running."""
+    with `follow`, keep yielding new lines until the container is not running (or `until` has
+    passed). `since`/`until`: the lines written at or after / before those times (RFC 3339
+    UTC with nanoseconds, as the log records them)."""
     c = get_container(ctx, ref)
     path = log_path(ctx, c.id)
     f = None
@@ -319,7 +321,7 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
         out = []
         for line in lines:
             e = monitor.parse_entry(line)
-            if e is not None:
+            if e is not None and (since is None or e[0] >= since) and (until is None or e[0] < until):
                 out.append(LogLine(*e))
         return out
 
@@ -336,6 +338,8 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
                 yield from new
                 continue
             x = _load(ctx, c.id)
+            if until is not None and monitor.timestamp(time.time_ns()) >= until:
+                return
             if x is None or reconcile(ctx, x).state != State.RUNNING.value:
                 yield from read_new()  # the monitor logs everything before it records the exit
                 return

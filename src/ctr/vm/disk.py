@@ -23,6 +23,7 @@ from typing import Callable
 from ctr import proc
 from ctr.changes import ADDED, CHANGED, DELETED, Change, _kind, finish
 from ctr.errors import CtrError
+from ctr.store.usage import Usage, tree_usage  # noqa: F401 - also used as disk.Usage, disk.tree_usage
 
 FICLONE = 0x40049409
 MIB = 1 << 20
@@ -47,47 +48,6 @@ def too_small(size: int, data: int, need: int) -> str:
 
 
 # ----------------------------------------------------------------------------- sizes
-@dataclass
-class Usage:
-    bytes: int  # allocated on disk (st_blocks), as du counts: holes cost nothing
-    apparent: int  # sum of file sizes
-    inodes: int  # entries, directories included
-
-
-def tree_usage(root: str | os.PathLike[str], same_device: bool = True) -> Usage:
-    """du's figure for a tree (hard links counted once), without following symlinks."""
-    root = os.fspath(root)
-    seen: set[tuple[int, int]] = set()
-    top = os.lstat(root)
-    total, apparent, count = top.st_blocks * 512, 0, 0
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = list(os.scandir(d))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for e in it:
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if same_device and st.st_dev != top.st_dev:
-                continue
-            count += 1
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_blocks * 512
-            if stat.S_ISREG(st.st_mode):
-                apparent += st.st_size
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(e.path)
-    return Usage(total, apparent, count)
-
-
 def file_usage(path: str | os.PathLike[str]) -> int:
     """Bytes a (sparse) file takes on disk."""
     try:
