@@ -256,6 +256,25 @@ def test_logs_since_until(life):
     life.ok("stop", "-t", "0", "lg")
 
 
+def test_top(life):
+    """docker's top: ps -ef's header and the container's rows only; ps options passed on."""
+    cid = life.run_d("sh", "-c", "sleep 101 & exec sleep 102", name="tp")
+    life.wait_for(lambda: process_running(cid, "sleep", "101"), what="the background sleep")
+    lines = life.ok("top", "tp").splitlines()
+    assert lines[0].split()[:3] == ["UID", "PID", "PPID"] and lines[0].split()[-1] == "CMD"
+    assert sorted(ln.split(None, 7)[7] for ln in lines[1:]) == ["sleep 101", "sleep 102"]
+    assert {int(ln.split()[1]) for ln in lines[1:]} == set(container_pids(cid))
+    rows = life.ok("top", "tp", "-o", "pid,comm").splitlines()
+    assert rows[0].split() == ["PID", "COMMAND"] and sorted(r.split()[1] for r in rows[1:]) == ["sleep", "sleep"]
+    r = life("top", "tp", "-o", "comm")
+    assert r.code == 2
+    assert_one_error(r, "no PID column")
+    life.ok("stop", "-t", "0", "tp")
+    r = life("top", "tp")
+    assert r.code == 1
+    assert_one_error(r, "is not running")
+
+
 def test_restart(life):
     """stop, then start over the same writable layer; a stopped container is just started; a
     --rm container is refused (stopping removes it) and left running."""

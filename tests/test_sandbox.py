@@ -659,6 +659,19 @@ def test_cp_in_and_out_of_a_running_sandbox(ctr, bb, mode, tmp_path):
         ctr("rm", "-f", "x")
 
 
+@needs_root
+@needs_busybox
+def test_top_shows_the_container_not_ctrs_relay(ctr, bb):
+    cid = ctr.ok("run", "-d", *SANDBOX, "--name", "x", bb, "sleep", "300").strip()
+    try:
+        relay = json.loads(ctr.ok("inspect", "x"))[0]["Process"]["Pid"]
+        pids = {int(ln.split()[1]) for ln in ctr.ok("top", "x").splitlines()[1:]}
+        workload = _host_pid(cid, ["sleep", "300"])
+        assert workload in pids and relay not in pids and len(pids) == 2  # ctr's init and the workload
+    finally:
+        ctr("rm", "-f", "x")
+
+
 # ============================================================================ the diff grid
 def _grid_cases():
     try:

@@ -1,4 +1,4 @@
-"""Lifecycle verbs at the top level: logs, start, stop, restart, kill, wait, exec."""
+"""Lifecycle verbs at the top level: logs, start, stop, restart, top, kill, wait, exec."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("start")(start)
     app.command("stop")(stop)
     app.command("restart")(restart)
+    app.command("top", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(top)
     app.command("kill")(kill)
     app.command("wait")(wait)
     app.command("exec", context_settings=CONTEXT)(exec_)
@@ -126,6 +127,18 @@ def restart(
 
     refs = _refs(containers, latest)
     _print_refs(lifecycle.for_each(refs, lambda r: (lifecycle.restart(ctx(), r, time).id, None)))
+
+
+def top(
+    container: str = typer.Argument(..., help="Container: id, name or unique id prefix",
+                                    autocompletion=container_completer("running")),
+    ps_options: Optional[List[str]] = typer.Argument(None, help="Options for ps (default: -ef)"),
+) -> None:
+    """Show the processes of a running container, as ps shows them on the host."""
+    from ctr.engine import lifecycle
+
+    for line in lifecycle.top(ctx(), container, list(ps_options or [])):
+        print(line)
 
 
 def kill(

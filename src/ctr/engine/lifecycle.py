@@ -285,6 +285,30 @@ def terminate(ctx: Context, c: Container) -> None:
         _sleep_on(c.monitor_pid, c.monitor_start, deadline - time.monotonic())
 
 
+# ----------------------------------------------------------------------------- top
+def top(ctx: Context, ref: str, ps_args: list[str]) -> list[str]:
+    """docker's `top`: `ps` (default `-ef`) on the host, its header and the rows of the running
+    container's processes (found by their mount namespace; ctr's relay of a sandbox, outside
+    the container's pid namespace, aside). A microvm's processes are in its guest."""
+    c = get_container(ctx, ref)
+    if c.state != State.RUNNING.value or not proc.pid_alive(c.pid, c.pid_start):
+        raise Conflict(f"container {ref} is not running", hint=f"start it with `ctr start {ref}`")
+    if c.driver == "microvm":
+        raise DriverError("top cannot see into the utility VM of a microvm container",
+                          hint=f"run ps in it: `ctr exec {ref} ps`")
+    pids = {str(p) for p in monitor.container_processes(c.id) if not (c.isolation == "hyperv" and p == c.pid)}
+    done = proc.run(["ps", *(ps_args or ["-ef"])], check=False)
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        raise InvalidArgument(f"ps {' '.join(ps_args)} failed: {why[0] if why else done.returncode}",
+                              hint="give ps options, e.g. `ctr top NAME -o pid,user,args`")
+    out = done.stdout.splitlines()
+    if not out or "PID" not in out[0].split():
+        raise InvalidArgument(f"ps {' '.join(ps_args)} prints no PID column", hint="keep the PID column, e.g. -o pid,comm")
+    col = out[0].split().index("PID")
+    return [out[0]] + [line for line in out[1:] if line.split()[col:col + 1] and line.split()[col] in pids]
+
+
 # ----------------------------------------------------------------------------- logs
 class LogLine(Record):
     __slots__ = _fields = ("time", "stream", "data")  # stream: stdout | stderr
