@@ -469,6 +469,27 @@ def test_image_prune(ctr, busybox_image):
     assert_one_error(r, "unsupported filter")
 
 
+def test_system_prune(ctr, busybox_image):
+    """Stopped containers, then the images that left unused and unnamed; -a: every unused image;
+    running containers and their images stay."""
+    ctr.ok("run", "--name", "c", busybox_image, "touch", "/x")
+    ctr.ok("commit", "c", "app")
+    ctr.ok("run", "--name", "old", "app", "true")
+    ctr.ok("commit", "old", "app")  # the name moves: the first app image is unnamed, used by `old`
+    first = json.loads(ctr.ok("inspect", "old"))[0]["Image"]
+    running = ctr.ok("run", "-d", "--name", "up", busybox_image, "sleep", "60").strip()
+    assert ctr("system", "prune").code == 1  # no answer on stdin: nothing removed
+    out = ctr.ok("system", "prune", input="y\n")
+    ids = [json.loads(ctr.ok("inspect", "up"))[0]["Id"]]
+    assert out.startswith("Deleted Containers:\n") and running not in out and f"deleted: {first}" in out, out
+    assert out.splitlines()[-1].startswith("Total reclaimed space: ")
+    assert [c["Id"] for c in json.loads(ctr.ok("ps", "-a", "--format", "json"))] == ids
+    out = ctr.ok("system", "prune", "-a", "-f")
+    assert "untagged: app:latest" in out
+    assert [i["Names"] for i in json.loads(ctr.ok("image", "ls", "--format", "json"))] == [["host"], ["bb:latest"]]
+    ctr.ok("rm", "-f", "up")
+
+
 def test_image_rm(ctr, busybox_image, rootfs):
     img = json.loads(ctr.ok("image", "inspect", "bb"))[0]
     # a second name on the same image: rm of a name only untags it

@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterator, List, Optional
 import typer
 
 from ctr.cli import common
-from ctr.cli.common import ctx
+from ctr.cli.common import ctx, fail_if_any
 
 # completion callbacks, where this tree has them
 _complete_container = getattr(common, "complete_container", None)
@@ -175,16 +175,23 @@ def prune(
         confirm("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ",
                 "container prune")
     report = ec.prune_containers(ctx(), filters)
-    if report.removed:
-        print("Deleted Containers:")
-        for cid in report.removed:
-            print(cid)
-        print()
+    pruned("Containers", report.removed)
     print(f"Total reclaimed space: {output.human_size(report.reclaimed)}")
-    for r in report.errors:
-        output.error(r.error.message, r.error.hint)
-    if report.errors:
-        raise typer.Exit(1)
+    fail_if_any(report.errors)
+
+
+def pruned(what: str, lines: list[str]) -> None:
+    """A prune's section of its output, as docker prints it: `Deleted WHAT:`, lines, a blank."""
+    if lines:
+        print(f"Deleted {what}:")
+        for line in lines:
+            print(line)
+        print()
+
+
+def image_lines(removed) -> list[str]:
+    """docker's `untagged:` / `deleted:` lines of the images a prune removed."""
+    return [line for r in removed for line in (*(f"untagged: {n}" for n in r.untagged), f"deleted: {r.deleted}")]
 
 
 # ----------------------------------------------------------------------------- image export

@@ -120,7 +120,7 @@ def prune(
 ) -> None:
     """Remove images no container uses: those without a name left (with -a: all of them)."""
     from ctr import output
-    from ctr.cli.commit import confirm
+    from ctr.cli.commit import confirm, image_lines, pruned
     from ctr.engine import images as ie
     from ctr.errors import InvalidArgument
     from ctr.units import parse_time
@@ -135,13 +135,7 @@ def prune(
         what = "all images without at least one container associated to them" if all else "all dangling images"
         confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ", "image prune")
     report = ie.prune_images(ctx(), all=all, until=until)
-    if report.removed:
-        print("Deleted Images:")
-        for r in report.removed:
-            for name in r.untagged:
-                print(f"untagged: {name}")
-            print(f"deleted: {r.deleted}")
-        print()
+    pruned("Images", image_lines(report.removed))
     print(f"Total reclaimed space: {output.human_size(report.reclaimed)}")
     fail_if_any(report.errors)
 

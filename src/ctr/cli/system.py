@@ -52,6 +52,30 @@ def info(format: str = typer.Option("table", "--format", help="table, json or ya
 app.command("info")(info)
 
 
+@app.command("prune")
+def prune(
+    all: bool = typer.Option(False, "--all", "-a", help="Remove every image no container uses, not only unnamed ones"),
+    force: bool = typer.Option(False, "--force", "-f", help="Do not prompt for confirmation"),
+) -> None:
+    """Remove stopped containers, then the images no container uses that have no name (-a: all)."""
+    from ctr import output
+    from ctr.cli.commit import confirm, image_lines, pruned
+    from ctr.cli.common import fail_if_any
+    from ctr.engine import commit as ec
+    from ctr.engine import images as ie
+
+    if not force:
+        images = "images without at least one container associated to them" if all else "dangling images"
+        confirm(f"WARNING! This will remove:\n  - all stopped containers\n  - all {images}\n"
+                "Are you sure you want to continue? [y/N] ", "system prune")
+    containers = ec.prune_containers(ctx())
+    images_report = ie.prune_images(ctx(), all=all)  # after the containers: theirs are unused now
+    pruned("Containers", containers.removed)
+    pruned("Images", image_lines(images_report.removed))
+    print(f"Total reclaimed space: {output.human_size(containers.reclaimed + images_report.reclaimed)}")
+    fail_if_any([*containers.errors, *images_report.errors])
+
+
 @app.command("check")
 def check(
     repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired safely (see docs/security.md)"),
