@@ -61,6 +61,14 @@ def _plain(value: Any) -> Any:
 _NEW: Any = object()
 
 
+def known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The fields of record `d` that `cls` has: a record a newer ctr wrote, with fields this one
+    does not know, still reads (what it does not know is dropped if it rewrites the record)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"a JSON {type(d).__name__}, not an object")
+    return {k: v for k, v in d.items() if k in cls._fields}
+
+
 def replace(record: Any, **changes: Any) -> Any:
     """A copy of `record` with some fields changed (as `dataclasses.replace`)."""
     return type(record)(**{f: changes[f] if f in changes else getattr(record, f) for f in record._fields})
@@ -151,8 +159,8 @@ class Image(Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Image":
-        d = dict(d)
-        d["config"] = ImageConfig(**d.get("config", {}))
+        d = known(cls, d)
+        d["config"] = ImageConfig(**known(ImageConfig, d.get("config", {})))
         return cls(**d)
 
 
@@ -175,6 +183,14 @@ class RunConfig(Record):
         self.memory = memory  # bytes
         self.cpus = cpus
         self.labels = {} if labels is _NEW else labels  # docker's --label: KEY -> VALUE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Without `labels` when there are none: the record is then byte for byte what ctr wrote
+        before labels existed, and an older ctr still reads it."""
+        d = super().to_dict()
+        if not d["labels"]:
+            del d["labels"]
+        return d
 
     def has_label(self, spec: str) -> bool:
         """`KEY` (any value) or `KEY=VALUE`, as docker's `--filter label=…`."""
@@ -220,9 +236,9 @@ class Container(Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Container":
-        d = dict(d)
-        cfg = dict(d["config"])
-        cfg["mounts"] = [Mount(**m) for m in cfg.get("mounts", [])]
+        d = known(cls, d)
+        cfg = known(RunConfig, d["config"])
+        cfg["mounts"] = [Mount(**known(Mount, m)) for m in cfg.get("mounts", [])]
         d["config"] = RunConfig(**cfg)
         return cls(**d)
 
@@ -294,6 +310,6 @@ class VM(Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VM":
-        d = dict(d)
-        d["checkpoints"] = [Checkpoint(**c) for c in d.get("checkpoints", [])]
+        d = known(cls, d)
+        d["checkpoints"] = [Checkpoint(**known(Checkpoint, c)) for c in d.get("checkpoints", [])]
         return cls(**d)
