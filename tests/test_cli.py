@@ -490,6 +490,30 @@ def test_system_prune(ctr, busybox_image):
     ctr.ok("rm", "-f", "up")
 
 
+def test_system_df(ctr, busybox_image):
+    """Images count their layers, containers their directories; reclaimable is what the
+    prunes free (the same figure container prune prints)."""
+    from ctr.output import human_size
+
+    def kinds() -> dict:
+        return {k["Type"]: k for k in json.loads(ctr.ok("system", "df", "--format", "json"))}
+
+    k = kinds()
+    assert k["Images"]["TotalCount"] == 1 and k["Images"]["Active"] == 0
+    assert k["Images"]["Reclaimable"] == k["Images"]["Size"] > 0 and k["Containers"]["TotalCount"] == 0
+    ctr.ok("run", "--name", "a", busybox_image, "sh", "-c", "head -c 300000 /dev/zero > /big")
+    ctr.ok("run", "-d", "--name", "up", busybox_image, "sleep", "60")
+    k = kinds()
+    assert k["Images"]["Active"] == 1 and k["Images"]["Reclaimable"] == 0
+    assert (k["Containers"]["TotalCount"], k["Containers"]["Active"]) == (2, 1)
+    assert 300000 <= k["Containers"]["Reclaimable"] < k["Containers"]["Size"]
+    assert ctr.ok("system", "df").splitlines()[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    out = ctr.ok("container", "prune", "-f")
+    assert out.splitlines()[-1] == f"Total reclaimed space: {human_size(k['Containers']['Reclaimable'])}"
+    assert kinds()["Containers"]["Reclaimable"] == 0
+    ctr.ok("rm", "-f", "up")
+
+
 def test_image_rm(ctr, busybox_image, rootfs):
     img = json.loads(ctr.ok("image", "inspect", "bb"))[0]
     # a second name on the same image: rm of a name only untags it

@@ -52,6 +52,26 @@ def info(format: str = typer.Option("table", "--format", help="table, json or ya
 app.command("info")(info)
 
 
+@app.command("df")
+def df(format: str = typer.Option("table", "--format", help="table, json, yaml, or a template ({{.Type}} {{.Size}} ...)")) -> None:
+    """Show the disk images, containers and VMs take, and what a prune would reclaim."""
+    from ctr import output
+    from ctr.engine.usage import disk_usage
+
+    check_format(format)
+    kinds = disk_usage(ctx())
+    items = [{"Type": k.type, "TotalCount": k.total, "Active": k.active, "Size": k.size,
+              "Reclaimable": k.reclaimable} for k in kinds]
+
+    def reclaim(k) -> str:
+        return output.human_size(k.reclaimable) + (f" ({k.reclaimable * 100 // k.size}%)" if k.size else "")
+    rows = [[k.type, k.total, k.active, output.human_size(k.size), reclaim(k)] for k in kinds]
+    views = [output.View(item, {"Size": output.human_size(k.size), "Reclaimable": reclaim(k)},
+                         {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE",
+                          "Reclaimable": "RECLAIMABLE"}) for item, k in zip(items, kinds)]
+    output.emit(format, items, ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows, views=views)
+
+
 @app.command("prune")
 def prune(
     all: bool = typer.Option(False, "--all", "-a", help="Remove every image no container uses, not only unnamed ones"),
