@@ -514,6 +514,34 @@ def test_system_df(ctr, busybox_image):
     ctr.ok("rm", "-f", "up")
 
 
+def test_image_history(ctr, busybox_image):
+    """One row per layer, newest first, headed by the image (or parent) that added it; a layer
+    whose image is gone has no id (<missing>)."""
+    def inspect(ref):
+        return json.loads(ctr.ok("image", "inspect", ref))[0]
+
+    ctr.ok("run", "--name", "h1", busybox_image, "sh", "-c", "echo 1 > /one")
+    ctr.ok("commit", "-m", "first change", "h1", "app:1")
+    ctr.ok("run", "--name", "h2", "app:1", "sh", "-c", "echo 2 > /two")
+    ctr.ok("commit", "-m", "second", "h2", "app:2")
+    rows = json.loads(ctr.ok("image", "history", "--format", "json", "app:2"))
+    assert [r["id"] for r in rows] == [inspect(x)["Id"] for x in ("app:2", "app:1", "bb")]
+    assert [r["layer"] for r in rows] == list(reversed(inspect("app:2")["RootFS"]["Layers"]))
+    assert [r["comment"] for r in rows] == ["second", "first change", ""]
+    assert rows[0]["CreatedBy"].startswith("commit of container h2") and rows[0]["tags"] == ["app:2"]
+    assert all(r["size"] > 0 for r in rows)
+    table = ctr.ok("image", "history", "app:2").splitlines()
+    assert table[0].split()[:2] == ["IMAGE", "CREATED"] and len(table) == 4 and "second" in table[1]
+    assert ctr.ok("image", "history", "-q", "app:2").split() == [r["id"][7:19] for r in rows]
+    ctr.ok("rm", "h1", "h2")
+    ctr.ok("image", "rm", "app:1")
+    assert [r["id"] for r in json.loads(ctr.ok("image", "history", "--format", "json", "app:2"))] == \
+        [rows[0]["id"], "<missing>", "<missing>"]
+    r = ctr("image", "history", "host")
+    assert r.code == 2
+    assert_one_error(r, "no layers")
+
+
 def test_image_rm(ctr, busybox_image, rootfs):
     img = json.loads(ctr.ok("image", "inspect", "bb"))[0]
     # a second name on the same image: rm of a name only untags it

@@ -1,4 +1,4 @@
-"""`ctr image …`: import, ls, inspect, tag, prune, rm (export: cli/commit.py)."""
+"""`ctr image …`: import, ls, history, inspect, tag, prune, rm (export: cli/commit.py)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,41 @@ def ls(
                 IMAGE_HEADERS))
     output.emit(format, [_image_item(i) for i in images], ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows,
                 views=views, view_headers=IMAGE_HEADERS)
+
+
+@app.command("history")
+def history(
+    image: str = typer.Argument(..., help="Image: name, id or unique id prefix", autocompletion=complete_image),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only display image ids"),
+    no_trunc: bool = typer.Option(False, "--no-trunc", help="Do not truncate ids or what made a layer"),
+    format: str = typer.Option("table", "--format", help=FORMAT_HELP),
+) -> None:
+    """Show an image's layers, newest first: the image (or parent) that added each, and how."""
+    from ctr import output
+    from ctr.engine import images as ie
+    from ctr.models import short
+
+    check_format(format)
+    rows = ie.history(ctx(), image)
+    if quiet:
+        for r in rows:
+            print((r.id if no_trunc else short(r.id)) if r.id else "<missing>")
+        return
+    headers = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedBy": "CREATED BY", "Size": "SIZE",
+               "Comment": "COMMENT"}
+    items, table, views = [], [], []
+    for r in rows:
+        shown_id = (r.id if no_trunc else short(r.id)) if r.id else "<missing>"
+        by = r.created_by if no_trunc or len(r.created_by) <= 45 else r.created_by[:44] + "…"
+        item = {"id": r.id or "<missing>", "created": r.created, "CreatedBy": r.created_by, "size": r.size,
+                "comment": r.comment, "tags": r.tags or None, "layer": r.layer}
+        items.append(item)
+        table.append([shown_id, output.ago(r.created) if r.created else "-", by, output.human_size(r.size), r.comment])
+        views.append(output.View(item, {"ID": shown_id, "CreatedSince": output.ago(r.created) if r.created else "",
+                                        "CreatedAt": output.docker_time(r.created), "CreatedBy": by,
+                                        "Size": output.human_size(r.size), "Comment": r.comment}, headers))
+    output.emit(format, items, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], table, views=views,
+                view_headers=headers)
 
 
 @app.command("inspect")

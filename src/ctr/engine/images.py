@@ -338,3 +338,39 @@ def prune_images(ctx: Context, all: bool = False, until=None) -> PruneReport:
             report.errors.append(RemoveReport(img.id, [], None, e))
     report.reclaimed = sum(sizes.get(d, 0) for d in before - set(store.layer_ids()))
     return report
+
+
+# ----------------------------------------------------------------------------- history
+class HistoryRow(Record):
+    __slots__ = _fields = ("id", "created", "created_by", "size", "comment", "tags", "layer")
+
+    def __init__(self, id: str | None, created: str, created_by: str, size: int, comment: str, tags: list[str],
+                 layer: str):
+        self.id, self.created, self.created_by, self.size = id, created, created_by, size
+        self.comment, self.tags, self.layer = comment, tags, layer
+
+
+def history(ctx: Context, ref: str) -> list[HistoryRow]:
+    """docker's `image history`: one row per layer, newest first. The image and each parent
+    ctr still has (commit records it) head the rows of the layers it added, with when, from what
+    (`source`) and its commit message; a layer whose image is gone, or one of several an import
+    brought in together, has no id (docker's `<missing>`)."""
+    img = get_image(ctx, ref)
+    if img.builtin:
+        raise InvalidArgument(f"the built-in {HOST_IMAGE} image has no layers", hint="it is the host's root filesystem")
+    rows: list[HistoryRow] = []
+    while img is not None:
+        parent = None
+        if img.parent:
+            data = ctx.store.read_image(img.parent)
+            parent = Image.from_dict(data) if data else None
+        if parent is not None and img.layers[:len(parent.layers)] != parent.layers:
+            parent = None  # not a prefix: this image's rows cover all its layers
+        own = img.layers[len(parent.layers):] if parent is not None else img.layers
+        for i, layer in enumerate(reversed(own)):
+            top = i == 0
+            rows.append(HistoryRow(img.id if top else None, img.created, img.source if top else "",
+                                   tree_usage(ctx.store.layer_dir(layer)).bytes, img.comment if top else "",
+                                   list(img.names) if top else [], layer))
+        img = parent
+    return rows
