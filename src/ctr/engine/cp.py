@@ -42,6 +42,10 @@ class CopyError(CtrError):
     pass
 
 
+class StreamError(CopyError):
+    """The stream ended or broke: the other side's error, if it has one, is the cause."""
+
+
 class CopyReport(Record):
     __slots__ = _fields = ("container", "skipped")
 
@@ -157,7 +161,7 @@ def place(stream, dest: str, src: str | None, archive: bool) -> list[str]:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             first = tar.next()
             if first is None:
-                raise CopyError("nothing to copy: the stream is empty")
+                raise StreamError("nothing to copy: the stream is empty")
             if src is None:
                 if not os.path.isdir(dest):
                     raise CopyError(f"{dest} must be an existing directory to extract an archive into")
@@ -185,7 +189,7 @@ def place(stream, dest: str, src: str | None, archive: bool) -> list[str]:
             else:
                 _extract_one(tar, first, target, top, archive, skipped)
     except tarfile.TarError as e:
-        raise CopyError(f"not a tar stream: {e}") from None
+        raise StreamError(f"not a tar stream: {e}") from None
     return skipped
 
 
@@ -274,7 +278,8 @@ def _make(tar: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> None:
 class _ContainerSide:
     """`with _ContainerSide(ctx, c, fn):` runs fn() in a forked child in the container's root
     (see the module's text) while the body feeds or drains the stream; on leaving, waits for
-    the child. The child's error wins over the body's (a broken stream is its consequence)."""
+    the child. Whichever side failed first is reported: the child's error when the body only
+    saw the stream end or break (StreamError, BrokenPipeError), else the body's."""
 
     def __init__(self, ctx: Context, c: Container, fn) -> None:
         self.ctx, self.c, self.fn = ctx, c, fn
@@ -321,21 +326,38 @@ class _ContainerSide:
 
     def __exit__(self, kind, value, tb) -> None:
         try:
-            if kind is not None:
-                import signal
-
-                os.kill(self.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.pid, 0)
+            # the body closed its end of the stream, so the child ends by itself; its error (say,
+            # no such file) explains the body's (an empty stream): wait for it, a while
+            status = self._wait(10.0 if kind is not None else None)
             with os.fdopen(self.er, "rb") as f:
                 said = f.read()
         finally:
             if self.lock is not None:
                 self.lock.__exit__(None, None, None)
+        if kind is not None and not issubclass(kind, StreamError):
+            return  # the body's own error stands (the child's, a broken pipe, follows from it)
         if said.startswith(b"E"):
             raise CopyError(said[1:].decode(errors="replace"))
         if kind is None and (status != 0 or not said.startswith(b"S")):
             raise CopyError(f"the copy failed in the container (status {status})")
         self.skipped = [s for s in said[1:].decode(errors="replace").split("\0") if s]
+
+    def _wait(self, timeout: float | None) -> int:
+        """The child's wait status; killed first if it has not ended within `timeout`."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is not None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                import signal
+
+                os.kill(self.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        return os.waitpid(self.pid, 0)[1]
 
     def _stopped(self):
         """How the child reaches a stopped container's root (a function that mounts and
