@@ -60,7 +60,7 @@ def test_container_document_has_dockers_shape():
                            "Env": ["A=1"], "Cmd": ["sh", "-c", "exit 7"], "Image": "bb", "WorkingDir": "/w",
                            "Entrypoint": None}
     assert d["HostConfig"] == {"Binds": ["/h:/c:ro", "/h2:/c2"], "AutoRemove": True, "Isolation": "process",
-                               "Memory": 64 << 20, "NanoCpus": 500_000_000}
+                               "Memory": 64 << 20, "NanoCpus": 500_000_000, "ReadonlyRootfs": False}
     assert d["Mounts"][0] == {"Type": "bind", "Source": "/h", "Destination": "/c", "Mode": "ro", "RW": False,
                               "Propagation": "rprivate"}
     assert d["Mounts"][1]["RW"] is True and d["Mounts"][1]["Mode"] == ""

@@ -165,6 +165,10 @@ def test_detach_round_trip(life):
     assert_one_error(r, "no-such-command")
     assert life("exec", "web", "/etc/passwd").code == 126
     assert life.ok("exec", "-e", "FOO=bar", "-w", "/root", "web", "sh", "-c", 'echo "$FOO $(pwd)"') == "bar /root\n"
+    env_file = life.ctr.root.parent / "exec.env"
+    env_file.write_text("# for exec\nFROM_FILE=yes\nFOO=file\n")
+    assert life.ok("exec", "--env-file", str(env_file), "-e", "FOO=flag", "web", "sh", "-c",
+                   'echo "$FROM_FILE $FOO"') == "yes flag\n"  # -e wins, as for run
     assert life.ok("exec", "-u", "nobody", "web", "id", "-u") == "65534\n"
     assert life.ok("exec", "-i", "web", "cat", input="piped\n") == "piped\n"
     assert life.ok("exec", "web", "cat", input="ignored\n") == ""  # stdin is /dev/null without -i

@@ -210,6 +210,12 @@ def test_cp_reaches_the_guests_root(box, tmp_path):
     assert (tmp_path / "back").read_text() == "from guest\n"
 
 
+def test_read_only_is_refused_with_a_hint(box):
+    r = box["ctr"]("run", "--rm", "--read-only", "--isolation", "hyperv", "--driver", "microvm", "bb", "true")
+    assert r.code == 125 and r.err.count("Error:") == 1 and "--read-only is not supported on the microvm" in r.err
+    assert "--driver sandbox" in r.err
+
+
 def test_a_small_vm_has_no_slots(box):
     """Every slot costs guest memory: below 256 MB there is none, and exec says how to get one."""
     from ctr.drivers import microvm

@@ -229,6 +229,22 @@ def test_entrypoint(ctr, busybox_image):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_read_only(ctr, busybox_image, tmp_path, driver):
+    """docker's --read-only: the root is mounted read-only after everything inside it (/tmp,
+    /dev, volumes, which stay writable); nothing reaches the writable layer; start keeps it."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    script = "touch /x 2>/dev/null; echo root=$?; touch /tmp/y && touch /data/z && echo writable"
+    out = ctr.ok("run", "--read-only", "--name", "ro", "--driver", driver, "-v", f"{vol}:/data", busybox_image,
+                 "sh", "-c", script)
+    assert out == "root=1\nwritable\n" and (vol / "z").exists()
+    assert ctr.ok("diff", "ro") == "A /data\n"  # only the volume's mount point, as without --read-only
+    assert json.loads(ctr.ok("inspect", "ro"))[0]["HostConfig"]["ReadonlyRootfs"] is True
+    assert ctr.ok("start", "-a", "ro") == out  # the record keeps it
+    assert ctr.ok("run", "--rm", "--driver", driver, busybox_image, "sh", "-c", "touch /x; echo root=$?") == "root=0\n"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_workdir_user(ctr, busybox_image, driver):
     d = ("--driver", driver, "--rm")
     runs = [

@@ -672,6 +672,15 @@ def test_top_shows_the_container_not_ctrs_relay(ctr, bb):
         ctr("rm", "-f", "x")
 
 
+@needs_root
+@needs_busybox
+def test_read_only_root(ctr, bb, mode):
+    """--read-only in the sandbox: the root (the clone of the overlay, in the mapped mode) is
+    remounted read-only keeping the flags the kernel locked; /tmp stays writable."""
+    out = out_of(hv(ctr, "--read-only", bb, "sh", "-c", "touch /x 2>/dev/null; echo root=$?; touch /tmp/y && echo tmp"))
+    assert out == "root=1\ntmp\n"
+
+
 # ============================================================================ the diff grid
 def _grid_cases():
     try:

@@ -30,13 +30,15 @@ class MountOp(Record):
 
 class Launch(Record):
     __slots__ = _fields = ("argv", "env", "cwd", "user", "root", "pivot", "namespaces", "map_root_to", "mounts",
-                           "hostname", "stdin", "tty", "no_new_privs", "drop_caps", "rlimits", "cgroup_procs")
+                           "hostname", "stdin", "tty", "no_new_privs", "drop_caps", "rlimits", "cgroup_procs",
+                           "readonly_root")
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/", user: str = "",
                  root: str | None = None, pivot: bool = True, namespaces: tuple[str, ...] = (),
                  map_root_to: int | None = None, mounts: list[MountOp] | None = None, hostname: str = "",
                  stdin: str = "null", tty: bool = False, no_new_privs: bool = False, drop_caps: bool = False,
-                 rlimits: dict[str, int] | None = None, cgroup_procs: str | None = None):
+                 rlimits: dict[str, int] | None = None, cgroup_procs: str | None = None,
+                 readonly_root: bool = False):
         self.argv = argv
         self.env = {} if env is None else env
         self.cwd = cwd
@@ -53,6 +55,7 @@ class Launch(Record):
         self.drop_caps = drop_caps
         self.rlimits = {} if rlimits is None else rlimits  # RLIMIT_AS, RLIMIT_NPROC, ...
         self.cgroup_procs = cgroup_procs  # join this cgroup.procs file before exec
+        self.readonly_root = readonly_root  # the root mount read-only (`run --read-only`)
 
 
 def base_mounts(kind: str = "process") -> list[MountOp]:

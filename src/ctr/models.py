@@ -166,12 +166,12 @@ class Image(Record):
 
 class RunConfig(Record):
     __slots__ = _fields = ("command", "env", "workdir", "user", "mounts", "interactive", "tty", "hostname",
-                           "memory", "cpus", "labels")
+                           "memory", "cpus", "labels", "read_only")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str = "", user: str = "",
                  mounts: list[Mount] = _NEW, interactive: bool = False, tty: bool = False,
                  hostname: str = "", memory: int | None = None, cpus: float | None = None,
-                 labels: dict[str, str] = _NEW):
+                 labels: dict[str, str] = _NEW, read_only: bool = False):
         self.command = command
         self.env = [] if env is _NEW else env
         self.workdir = workdir
@@ -183,13 +183,16 @@ class RunConfig(Record):
         self.memory = memory  # bytes
         self.cpus = cpus
         self.labels = {} if labels is _NEW else labels  # docker's --label: KEY -> VALUE
+        self.read_only = read_only  # docker's --read-only: the root filesystem mounted read-only
 
     def to_dict(self) -> dict[str, Any]:
-        """Without `labels` when there are none: the record is then byte for byte what ctr wrote
-        before labels existed, and an older ctr still reads it."""
+        """Without the fields added since (labels, read_only) while they have their defaults: the
+        record is then byte for byte what ctr wrote before they existed, and an older ctr still
+        reads it."""
         d = super().to_dict()
-        if not d["labels"]:
-            del d["labels"]
+        for name in ("labels", "read_only"):
+            if not d[name]:
+                del d[name]
         return d
 
     def has_label(self, spec: str) -> bool:

@@ -232,15 +232,20 @@ def _do_mount(op: MountOp, root_fd: int | None) -> None:
         # kernel locked on the source
         target, fd = _target(op, root_fd, create=False)
         try:
-            keep = 0
-            sv = os.statvfs(target)
-            for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec")):
-                if sv.f_flag & bit:
-                    keep |= MS[name]
-            mount("none", target, None, MS["bind"] | MS["remount"] | mount_flags(limits) | keep)
+            _remount(target, mount_flags(limits))
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def _remount(target: str, flags: int) -> None:
+    """Add `flags` (ro, nosuid, nodev, noexec) to the mount at `target`, keeping those it has
+    (the kernel refuses to clear flags it locked on a mount made in another user namespace)."""
+    sv = os.statvfs(target)
+    for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec")):
+        if sv.f_flag & bit:
+            flags |= MS[name]
+    mount("none", target, None, MS["bind"] | MS["remount"] | flags)
 
 
 def _target(op: MountOp, root_fd: int | None, create: bool) -> tuple[str, int | None]:
@@ -644,6 +649,8 @@ def _child_setup(launch: Launch, pid1_hook: Callable[[], None] | None) -> None:
                 if not op.optional:
                     raise
         _dev_links(root_fd)
+        if launch.readonly_root:  # last: the mounts inside it were made, its mount points too
+            _remount(f"/proc/self/fd/{root_fd}", MS["ro"])
         os.fchdir(root_fd)
         if launch.pivot:
             pivot_root(".", ".")

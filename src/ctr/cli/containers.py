@@ -48,12 +48,13 @@ def run(
                                    "The image's default command is then not used"),
     label: List[str] = typer.Option([], "--label", "-l", help="Set a label: KEY=VALUE (ps --filter label=KEY[=VALUE])"),
     cidfile: Optional[str] = typer.Option(None, "--cidfile", help="Write the container's id to FILE (which must not exist)"),
+    read_only: bool = typer.Option(False, "--read-only", help="Mount the root filesystem read-only (/tmp, /dev/shm and volumes stay writable)"),
 ) -> None:
     """Run a command in a new container."""
     code = plain.run(image=image, command=command, name=name, isolation=isolation, driver=driver, rm=rm,
                      env=env, env_file=env_file, workdir=workdir, volume=volume, user=user,
                      interactive=interactive, tty=tty, hostname=hostname, memory=memory, cpus=cpus,
-                     detach=detach, entrypoint=entrypoint, label=label, cidfile=cidfile)
+                     detach=detach, entrypoint=entrypoint, label=label, cidfile=cidfile, read_only=read_only)
     raise typer.Exit(code)
 
 

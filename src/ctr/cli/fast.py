@@ -55,7 +55,7 @@ COMMANDS: dict[str, dict] = {
     },
     "run": {
         "flags": {"--rm": "rm", "-i": "interactive", "--interactive": "interactive", "-t": "tty",
-                  "--tty": "tty", "-d": "detach", "--detach": "detach"},
+                  "--tty": "tty", "-d": "detach", "--detach": "detach", "--read-only": "read_only"},
         "values": {"--name": ("name", str, False), "--isolation": ("isolation", str, False),
                    "--driver": ("driver", str, False), "-e": ("env", str, True), "--env": ("env", str, True),
                    "--env-file": ("env_file", str, True), "-w": ("workdir", str, False),
@@ -69,7 +69,7 @@ COMMANDS: dict[str, dict] = {
         "defaults": {"image": None, "command": None, "name": None, "isolation": None, "driver": None,
                      "rm": False, "env": [], "env_file": [], "workdir": None, "volume": [], "user": None,
                      "interactive": False, "tty": False, "hostname": None, "memory": None, "cpus": None,
-                     "detach": False, "entrypoint": None, "label": [], "cidfile": None},
+                     "detach": False, "entrypoint": None, "label": [], "cidfile": None, "read_only": False},
     },
 }
 

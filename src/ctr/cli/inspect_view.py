@@ -85,6 +85,7 @@ def container(raw: dict[str, Any]) -> dict[str, Any]:
             "Binds": [f"{m.get('source')}:{m.get('target')}" + (":ro" if m.get("readonly") else "")
                       for m in mounts],
             "AutoRemove": bool(r.pop("auto_remove", False)),
+            "ReadonlyRootfs": bool(cfg.pop("read_only", False)),
             "Isolation": isolation,
             "Memory": memory or 0,
             "NanoCpus": round(cpus * 1e9) if cpus else 0,

@@ -177,6 +177,7 @@ def exec_(
                                     autocompletion=container_completer("running")),
     command: Optional[List[str]] = typer.Argument(None, help="Command and arguments"),
     env: List[str] = typer.Option([], "--env", "-e", help="Set an environment variable (KEY=VALUE, or KEY to pass ctr's)"),
+    env_file: List[str] = typer.Option([], "--env-file", help="Read environment variables from a file"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory inside the container"),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="UID[:GID] or name[:group] to run as"),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin attached"),
@@ -196,7 +197,7 @@ def exec_(
         else:
             ref = container
         opts = lifecycle.ExecOptions(command=argv, env=list(env), workdir=workdir, user=user,
-                                     interactive=interactive, tty=tty, detach=detach)
+                                     interactive=interactive, tty=tty, detach=detach, env_files=list(env_file))
         code = lifecycle.exec_(ctx(), ref, opts)
     except CtrError as e:
         if e.exit_code not in (125, 126, 127):

@@ -25,7 +25,7 @@ def run(image: str, command: Optional[List[str]] = None, name: Optional[str] = N
         volume: List[str] = (), user: Optional[str] = None, interactive: bool = False, tty: bool = False,
         hostname: Optional[str] = None, memory: Optional[str] = None, cpus: Optional[float] = None,
         detach: bool = False, entrypoint: Optional[str] = None, label: List[str] = (),
-        cidfile: Optional[str] = None) -> int:
+        cidfile: Optional[str] = None, read_only: bool = False) -> int:
     """Run a command in a new container; returns the exit code `ctr run` exits with."""
     options = dict(locals())
     del options["detach"]
@@ -55,7 +55,7 @@ def _create(image: str, command: Optional[List[str]], name: Optional[str], isola
             driver: Optional[str], rm: bool, env: List[str], env_file: List[str], workdir: Optional[str],
             volume: List[str], user: Optional[str], interactive: bool, tty: bool, hostname: Optional[str],
             memory: Optional[str], cpus: Optional[float], entrypoint: Optional[str], label: List[str],
-            cidfile: Optional[str]):
+            cidfile: Optional[str], read_only: bool):
     from ctr.cli.common import G
     from ctr.engine import containers as ce
     from ctr.errors import Conflict, CtrError
@@ -68,7 +68,7 @@ def _create(image: str, command: Optional[List[str]], name: Optional[str], isola
             env=list(env), env_files=list(env_file), workdir=workdir, volumes=list(volume), user=user,
             interactive=interactive, tty=tty, remove=rm, hostname=hostname,
             memory=parse_size(memory, "memory") if memory else None, cpus=cpus, entrypoint=entrypoint,
-            labels=list(label),
+            labels=list(label), read_only=read_only,
         )
         if cidfile is not None and os.path.lexists(cidfile):
             raise Conflict(f"container ID file {cidfile} exists: another container may be using it",

@@ -39,6 +39,7 @@ class Driver:
     emulated = False  # realises its isolation level by emulation (says so everywhere)
     summary = ""
     cannot_capture: tuple[str, ...] = ()
+    read_only_root = True  # honours RunConfig.read_only (`run --read-only`)
 
     def availability(self) -> Availability:  # pragma: no cover - interface
         raise NotImplementedError
@@ -128,4 +129,5 @@ def process_launch(container: "Container", root: str, mounts: list[MountOp], roo
         mounts=mounts,
         stdin="inherit" if cfg.interactive else "null",
         tty=cfg.tty,
+        readonly_root=cfg.read_only,
     )

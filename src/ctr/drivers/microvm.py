@@ -127,6 +127,7 @@ class MicroVMDriver(OverlayDriver):
     default_memory = DEFAULT_MEMORY
     default_cpus = None  # decided at launch: 2 under KVM, 1 under TCG
     detachable = True  # run() only adds error reporting around the ordinary launch plan
+    read_only_root = False  # the guest mounts its root from the 9p share as it is
 
     def __init__(self, store=None) -> None:
         super().__init__()

@@ -117,6 +117,7 @@ def build_launch(store, container: Container, image: Image, limits: cgroups.Plan
         drop_caps=True,
         rlimits=dict(limits.rlimits),
         cgroup_procs="\n".join(limits.procs) or None,
+        readonly_root=cfg.read_only,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ctr import faults
 from ctr.engine.context import Context
 from ctr.engine.refs import resolve
-from ctr.errors import Conflict, CtrError, InvalidArgument, NotFound
+from ctr.errors import Conflict, CtrError, DriverError, InvalidArgument, NotFound
 from ctr.models import Container, Image, Mount, Record, RunConfig, State, now_iso
 
 TYPE_CHECKING = False
@@ -124,14 +124,14 @@ def latest(ctx: Context) -> Container:
 class RunOptions(Record):
     __slots__ = _fields = ("image", "command", "name", "isolation", "driver", "env", "env_files", "workdir",
                            "volumes", "user", "interactive", "tty", "remove", "hostname", "memory", "cpus",
-                           "entrypoint", "labels")
+                           "entrypoint", "labels", "read_only")
 
     def __init__(self, image: str, command: list[str], name: str | None = None, isolation: str | None = None,
                  driver: str | None = None, env: list[str] | None = None, env_files: list[str] | None = None,
                  workdir: str | None = None, volumes: list[str] | None = None, user: str | None = None,
                  interactive: bool = False, tty: bool = False, remove: bool = False,
                  hostname: str | None = None, memory: int | None = None, cpus: float | None = None,
-                 entrypoint: str | None = None, labels: list[str] | None = None):
+                 entrypoint: str | None = None, labels: list[str] | None = None, read_only: bool = False):
         self.image = image
         self.command = command
         self.name = name
@@ -150,6 +150,7 @@ class RunOptions(Record):
         self.cpus = cpus
         self.entrypoint = entrypoint  # None: the image's; "" clears it; a command or a JSON array
         self.labels = [] if labels is None else labels  # KEY=VALUE or KEY
+        self.read_only = read_only
 
 
 def parse_volume(spec: str) -> Mount:
@@ -272,6 +273,9 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
     labels = parse_labels(opts.labels)
     isolation = opts.isolation or ctx.config.isolation or "process"
     driver = select_driver(isolation, opts.driver, ctx.config.drivers.get(isolation))
+    if opts.read_only and not driver.read_only_root:
+        raise DriverError(f"--read-only is not supported on the {driver.name} driver yet",
+                          hint="use --driver sandbox for a hyperv container with a read-only root")
     memory, cpus = opts.memory, opts.cpus
     if getattr(driver, "default_memory", None):  # sized like a VM: flag, else config, else driver
         from ctr.units import parse_size
@@ -294,6 +298,7 @@ def create(ctx: Context, opts: RunOptions) -> tuple[Container, Image, Driver]:
         memory=memory,
         cpus=cpus,
         labels=labels,
+        read_only=opts.read_only,
     )
     c = Container(
         id=cid, name=opts.name or "", image=image.id, image_name=opts.image,

@@ -375,12 +375,13 @@ def logs(ctx: Context, ref: str, tail: int | None = None, follow: bool = False,
 
 # ----------------------------------------------------------------------------- exec
 class ExecOptions(Record):
-    __slots__ = _fields = ("command", "env", "workdir", "user", "interactive", "tty", "detach")
+    __slots__ = _fields = ("command", "env", "workdir", "user", "interactive", "tty", "detach", "env_files")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
                  user: str | None = None, interactive: bool = False, tty: bool = False,
-                 detach: bool = False):
+                 detach: bool = False, env_files: list[str] = _NEW):
         self.command, self.env = command, [] if env is _NEW else env
+        self.env_files = [] if env_files is _NEW else env_files
         self.workdir, self.user, self.interactive, self.tty = workdir, user, interactive, tty
         self.detach = detach  # -d: started in the background, its output discarded (as docker's)
 
@@ -400,7 +401,7 @@ def exec_launch(c: Container, opts: ExecOptions) -> Launch:
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in c.config.env)
     if opts.tty:
         env.setdefault("TERM", "xterm")
-    for item in parse_env(opts.env, []):
+    for item in parse_env(opts.env, opts.env_files):
         k, _, v = item.partition("=")
         env[k] = v
     return Launch(
