@@ -298,7 +298,9 @@ def test_memory_is_enforced_and_other_layers_are_out_of_reach(vm):
         f"for p in {ctr.root} {upper} {upper}/secret /secret; do test -e $p && echo reachable=$p; done",
         "cat /proc/*/root/secret 2>/dev/null",
         "echo small=$(head -c 16m /dev/zero | tail | wc -c)",
-        "head -c 200m /dev/zero | tail >/dev/null; echo big=$?",
+        # the allocation, not the shell that reports it, is the OOM killer's pick
+        "echo -1000 >/proc/self/oom_score_adj",
+        "(echo 1000 >/proc/self/oom_score_adj; head -c 200m /dev/zero | tail >/dev/null); echo big=$?",
     ])
     r = ctr("run", "--isolation", "hyperv", "--name", "small", "--memory", "128m", "bb", "sh", "-c", script)
     out = out_of(r)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,9 +177,46 @@ def test_execs_run_at_once(box):
               "n=$((n + 1)); [ $n -gt 600 ] && exit 9; sleep 0.1; done; echo {i}")
     ps = [_popen_exec(box, "ex", "sh", "-c", script.format(i=i, n=n)) for i in range(n)]
     ps.append(_popen_exec(box, "ex", "echo", "waited"))
-    outs = [p.communicate(timeout=120)[0] for p in ps]
-    assert outs == [f"{i}\n".encode() for i in range(n)] + [b"waited\n"]
-    assert [p.returncode for p in ps] == [0] * (n + 1)
+    results = [p.communicate(timeout=120) for p in ps]
+    got = [(p.returncode, out) for p, (out, _) in zip(ps, results)]
+    assert got == [(0, f"{i}\n".encode()) for i in range(n)] + [(0, b"waited\n")], [e for _, e in results]
+
+
+def test_a_client_accepted_as_the_last_one_leaves_is_served(box):
+    """A host queued on a slot's sockets while the previous exec ends is accepted in the same
+    breath as that one goes, so the guest's reader never sees the end of file between them:
+    it must still be served (the host's `hello` asks for a fresh `ready`; without it the
+    guest waited for a request and the host for `ready`, every time)."""
+    import threading
+
+    from ctr.vm import agent
+
+    assert _exec(box, "ex", "true").code == 0  # the VM is up, its sockets bound
+    spec = json.loads((box["ctr"].root / "containers" / box["id"] / "microvm.json").read_text())
+    run_dir = Path(spec["run_dir"])
+    for k in range(3):
+        first: list = []
+        a = threading.Thread(target=lambda: first.append(agent.run_command(
+            run_dir, ["sh", "-c", "sleep 0.3; echo a"], {}, "/", slots=1, stdout=None, stderr=None)))
+        a.start()
+        time.sleep(0.1)  # `a` holds slot 0; the next client queues behind it (no flock: forced)
+        socks = [agent.connect(run_dir / f"{name}.sock", 10) for name in agent.slot_ports(0)]
+        try:
+            a.join(30)
+            assert first == [0]
+            ctl, out, err = socks
+            ctl.sendall(agent.HELLO)
+            lines = agent.Lines(ctl)
+            agent._await_ready(lines, lambda: True, 10)
+            token = f"{k:032x}"
+            ctl.sendall(agent.exec_request(["echo", f"served {k}"], {}, "/", token))
+            got: list[bytes] = []
+            code = agent._stream(ctl, lines, {out: agent.StreamEnd(token, got.append),
+                                              err: agent.StreamEnd(token, lambda data: None)}, lambda: True, 10)
+            assert (code, b"".join(got)) == (0, f"served {k}\n".encode())
+        finally:
+            for s_ in socks:
+                s_.close()
 
 
 def test_detached_exec_holds_a_slot_in_the_background(box):

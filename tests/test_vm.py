@@ -886,6 +886,27 @@ def test_qemu_exec_exit_codes_and_workdir(running_qemu_vm):
 
 
 @pytest.mark.qemu
+def test_qemu_control_client_accepted_as_the_last_one_leaves(running_qemu_vm):
+    """The control port's twin of the exec slots' race: a client queued while another
+    session ends is accepted in the same breath; its `hello` still gets it `ready`."""
+    import threading
+
+    path = running_qemu_vm.root / "vms" / "agent" / "run" / f"{agent.CONTROL}.sock"
+    for _ in range(3):
+        first = agent.Control(path, timeout=10)
+        assert first.request("ping") == "pong"
+        second: list = []
+        t = threading.Thread(target=lambda: second.append(agent.Control(path, timeout=10)))
+        t.start()
+        time.sleep(0.2)  # queued behind `first`
+        first.close()
+        t.join(30)
+        assert len(second) == 1, "the queued client never got `ready`"
+        with second[0] as c:
+            assert c.request("ping") == "pong" and c.request("sync") == "ok"
+
+
+@pytest.mark.qemu
 def test_qemu_vm_whose_qemu_died_is_reconciled_off(running_qemu_vm):
     """Last of the agent tests: qemu killed behind ctr's back is `Off` on the next read."""
     ctr = running_qemu_vm

@@ -8,9 +8,9 @@ cached initramfs (`ctr.qemu.base_initramfs`) in a small archive of its own, and 
 serves the host for as long as the VM runs:
 
 - port `ctr_control`: PID 1 itself.  Each time the host connects it writes
-  `ready RELEASE`, then answers one request per line:
-  `ping` -> `pong`; `sync` -> `ok`; `freeze` -> `ok` (fsfreeze of the root: the journal is
-  checkpointed and writes wait, so the host can read a consistent disk); `thaw` -> `ok`;
+  `ready RELEASE`, then answers one request per line: `hello` -> `ready RELEASE` (see
+  below); `ping` -> `pong`; `sync` -> `ok`; `freeze` -> `ok` (fsfreeze of the root: the
+  journal is checkpointed and writes wait, so the host can read a consistent disk); `thaw` -> `ok`;
   `shutdown GRACE [force]` -> `stopping`, then every process gets SIGTERM (SIGKILL at once
   with `force`), the rest SIGKILL after GRACE seconds, the disk is synced and unmounted and
   the VM powers off (the host sees qemu exit).  A frozen root is thawed when the host goes
@@ -18,8 +18,8 @@ serves the host for as long as the VM runs:
   answer the host did not wait for reaches the next client first, which skips to `ready`.
 - ports `ctr_N_ctl`, `ctr_N_out`, `ctr_N_err` (N = 0..SLOTS-1): exec slots, each a shell
   loop, so SLOTS commands can run at once.  When a host connects to a slot's ctl port the
-  slot writes `ready`; the host sends `exec B64` (base64 of shell assignments X_ARGV, X_ENV,
-  X_WD, each value quoted for `eval`); the slot answers `started`, runs
+  slot writes `ready` (again for each `hello`); the host sends `exec B64` (base64 of shell
+  assignments X_ARGV, X_ENV, X_WD, each value quoted for `eval`); the slot answers `started`, runs
   `env -i ENV nsenter -r/mnt/root -w/mnt/root/WD -- ARGV` (busybox's nsenter chroots,
   changes directory and execs in one go: 127 not found, 126 cannot invoke) with stdin from
   /dev/null and stdout/stderr through FIFOs to two `cat` relays writing to the slot's out and
@@ -33,6 +33,14 @@ until a client arrives, with no polling.  qemu serves each port as a unix socket
 run directory (listening sockets ctr binds and hands to qemu as `fd=N`, so no path length
 limit applies); a socket accepts one client at a time, and `exec` takes a slot with an flock
 on the slot's lock file.
+
+Why `hello`: a host sends it as soon as it connects, before it waits for `ready`.  The
+guest writes `ready` as soon as a request is done, mostly while the previous host is still
+connected (which drops it), and then reads: when that host goes and the next one is
+accepted in the same breath, the guest's reader never sees the end of file between them,
+so it would wait for a request while the new host waits for `ready` (seen in a test: a
+client queued on a slot's sockets waited every time).  A `ready` the host gets twice is
+skipped: no answer is `ready`.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ CONTROL = "ctr_control"
 SLOTS = 4  # commands that can run at once in one VM; a further exec waits for a free slot
 GUEST_ROOT = "/mnt/root"
 INIT_PATH = "ctr/vm-init"
+HELLO = b"hello\n"  # what a host sends on connecting: the agent answers with a fresh `ready`
 
 
 def slot_ports(i: int, stdin: bool = False) -> tuple[str, ...]:
@@ -158,6 +167,7 @@ slot() {
     while :; do
         echo ready >&4 2>/dev/null || { sleep 1; continue; }
         read -r verb arg <&4 || continue
+        [ "$verb" = hello ] && continue
         [ "$verb" = exec ] || { echo "error unknown request $verb" >&4; continue; }
         X_ARGV= X_ENV= X_WD=/ X_USER= X_IN= X_END=
         echo "$arg" | base64 -d >$req 2>/dev/null && . $req || { echo "error bad request" >&4; continue; }
@@ -296,6 +306,7 @@ control() {
         echo "ready $release" >&3 2>/dev/null || { sleep 1; continue; }
         while read -r verb arg <&3; do
             case "$verb" in
+            hello) echo "ready $release" >&3 ;;
             ping) echo pong >&3 ;;
             sync) sync; echo ok >&3 ;;
             freeze) sync; if fsfreeze --freeze $R; then frozen=1; echo ok >&3; else echo "error cannot freeze the disk" >&3; fi ;;
@@ -505,6 +516,7 @@ class Control:
         self.sock = connect(path, timeout)
         self.lines = Lines(self.sock)
         try:
+            self.sock.sendall(HELLO)
             while True:  # an answer meant for a client that went away may come first
                 first = self.lines.read(timeout)
                 if first is None:
@@ -519,6 +531,8 @@ class Control:
     def request(self, line: str, timeout: float = 30.0) -> str:
         self.sock.sendall(line.encode() + b"\n")
         answer = self.lines.read(timeout)
+        while answer is not None and answer.startswith("ready"):  # the answer to our hello
+            answer = self.lines.read(timeout)
         if answer is None:
             raise DriverError(f"the VM's agent went away during {line.split()[0]!r}")
         if answer.startswith("error "):
@@ -552,6 +566,11 @@ def wait_ready(path: Path, deadline: float, alive: Callable[[], bool]) -> str:
             continue
         lines = Lines(sock)
         try:
+            try:
+                sock.sendall(HELLO)
+            except OSError:  # qemu went away, or is replacing the connection: try again
+                time.sleep(0.05)
+                continue
             while True:  # the guest writes "ready" only once its agent runs
                 if not alive():
                     raise DriverError("the VM stopped while booting")
@@ -636,6 +655,7 @@ def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: st
             for name in slot_ports(i, stdin is not None):
                 socks.append(connect(run_dir / f"{name}.sock", connect_timeout))
             ctl, out, err = socks[:3]
+            ctl.sendall(HELLO)
             lines = Lines(ctl)
             _await_ready(lines, alive, connect_timeout)
             ctl.sendall(request)
@@ -649,7 +669,7 @@ def run_command(run_dir: Path, argv: list[str], env: dict[str, str], workdir: st
             return _stream(ctl, lines, {out: StreamEnd(token, _writer(stdout)),
                                         err: StreamEnd(token, _writer(stderr))},
                            alive, drain_timeout, on_started)
-        except (ConnectionRefusedError, FileNotFoundError) as e:
+        except (ConnectionRefusedError, FileNotFoundError, BrokenPipeError, ConnectionResetError) as e:
             raise DriverError(f"cannot reach the VM's agent: {e.strerror}") from None
         finally:
             for s in socks:
