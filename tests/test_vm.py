@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -137,6 +138,62 @@ def test_long_socket_paths(tmp_path):
         client.close()
     finally:
         listener.close()
+
+
+def _serve(listener, script) -> "threading.Thread":
+    """Serve one client of `listener` with script(conn, lines) in a thread."""
+    import threading
+
+    def run():
+        conn, _ = listener.accept()
+        with conn:
+            script(conn, agent.Lines(conn))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_hello_to_an_agent_from_before_hello(tmp_path):
+    """A VM started by an older ctr answers `hello` with an error and serves on: the control
+    session and an exec skip that answer (the unknown-verb replies of the older guest loops)."""
+    def control(conn, lines):  # the older control loop: ready, then one answer a request
+        conn.sendall(b"ready 6.1-old\n")
+        while (line := lines.read(5)) is not None:
+            conn.sendall(b"pong\n" if line == "ping" else f"error unknown request {line}\n".encode())
+
+    listener = agent.bind_listener(tmp_path / "ctl.sock")
+    t = _serve(listener, control)
+    with agent.Control(tmp_path / "ctl.sock", timeout=5) as c:
+        assert c.release == "6.1-old" and c.request("ping") == "pong"
+        with pytest.raises(Exception, match="unknown request nosuch"):
+            c.request("nosuch")
+    t.join(5)
+    listener.close()
+
+    def slot(conn, lines):  # the older slot loop: ready; unknown verb -> error, ready again
+        out, err = (listeners[n].accept()[0] for n in ("out", "err"))
+        conn.sendall(b"ready\n")
+        while (line := lines.read(5)) is not None and not line.startswith("exec "):
+            conn.sendall(f"error unknown request {line}\nready\n".encode())
+        req = base64.b64decode(line[5:]).decode()
+        end = req.split("X_END=", 1)[1].split("\n", 1)[0].strip("'").encode()
+        conn.sendall(b"started\n")
+        out.sendall(b"from the old guest\n" + end)
+        err.sendall(end)
+        conn.sendall(b"exit 0\n")
+        out.close()
+        err.close()
+
+    listeners = {n: agent.bind_listener(tmp_path / f"ctr_0_{n}.sock") for n in ("ctl", "out", "err")}
+    t = _serve(listeners["ctl"], slot)
+    got = io.BytesIO()
+    assert agent.run_command(tmp_path, ["true"], {}, "/", slots=1, stdout=got, stderr=None,
+                             connect_timeout=5) == 0
+    assert got.getvalue() == b"from the old guest\n"
+    t.join(5)
+    for sock in listeners.values():
+        sock.close()
 
 
 # ============================================================================ disks, as data

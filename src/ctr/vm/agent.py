@@ -69,6 +69,12 @@ INIT_PATH = "ctr/vm-init"
 HELLO = b"hello\n"  # what a host sends on connecting: the agent answers with a fresh `ready`
 
 
+def answers_hello(line: str) -> bool:
+    """A line that answers a `hello`, not the request after it: `ready`, or the error of an
+    agent from before `hello` existed (a VM started by an older ctr), which still serves."""
+    return line.startswith("ready") or line == "error unknown request hello"
+
+
 def slot_ports(i: int, stdin: bool = False) -> tuple[str, ...]:
     """Slot i's ports: ctl, out, err (and in, where the VM forwards an exec's stdin)."""
     return (f"ctr_{i}_ctl", f"ctr_{i}_out", f"ctr_{i}_err") + ((f"ctr_{i}_in",) if stdin else ())
@@ -531,7 +537,7 @@ class Control:
     def request(self, line: str, timeout: float = 30.0) -> str:
         self.sock.sendall(line.encode() + b"\n")
         answer = self.lines.read(timeout)
-        while answer is not None and answer.startswith("ready"):  # the answer to our hello
+        while answer is not None and answers_hello(answer):
             answer = self.lines.read(timeout)
         if answer is None:
             raise DriverError(f"the VM's agent went away during {line.split()[0]!r}")
@@ -748,7 +754,7 @@ def _stream(ctl: socket.socket, lines: Lines, streams: dict[socket.socket, Strea
                         if verb == "exit" and arg.lstrip("-").isdigit():
                             code = int(arg)
                             drain_deadline = time.monotonic() + drain_timeout
-                        elif verb == "error":
+                        elif verb == "error" and not answers_hello(line.decode(errors="replace").strip()):
                             raise DriverError(f"the VM's agent could not run the command: {arg}")
                         elif verb == "started" and on_started is not None:
                             on_started()
