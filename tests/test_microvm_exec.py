@@ -135,6 +135,15 @@ def test_tty_is_refused_with_a_hint(box):
     assert "Hint:" in r.err
 
 
+def test_stats_shows_the_vm_as_the_host_pays_for_it(box):
+    """`ctr stats` of a microvm container: its qemu's memory against the VM's size; its tasks
+    and network are the guest's, not shown."""
+    (row,) = json.loads(box["ctr"].ok("stats", "--no-stream", "--format", "json", "ex"))
+    assert row["MemLimitBytes"] == 2 << 30 and row["MemUsage"].endswith(" / 2GiB"), row
+    assert 16 << 20 < row["MemUsageBytes"] < 4 << 30, row  # what qemu has touched, not the whole VM
+    assert (row["PIDs"], row["Tasks"], row["NetIO"]) == ("--", None, "--"), row
+
+
 def _popen_exec(box, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ctr", "exec", *args], env=box["ctr"].env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

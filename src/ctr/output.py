@@ -438,6 +438,15 @@ def human_size(n: int) -> str:
     return f"{n}B"
 
 
+def binary_size(n: float) -> str:
+    """docker's memory sizes (go-units BytesSize): 1024-based, four significant digits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n}B"
+
+
 def status_text(state: str, exit_code: int | None, started: str | None, finished: str | None,
                 relative: bool = True) -> str:
     """docker's STATUS column: 'Up 3 seconds', 'Exited (0) 2 minutes ago', 'Created'. With

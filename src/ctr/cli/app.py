@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ctr import __version__
-from ctr.cli import completion, containers, images, kube, system
+from ctr.cli import completion, containers, images, kube, stats, system
 from ctr.cli import lifecycle
 from ctr.cli import commit
 from ctr.cli import vm
@@ -48,6 +48,7 @@ def main_options(
 
 containers.register(app)
 lifecycle.register(app)
+app.command("stats")(stats.stats)
 app.command("info")(system.info)
 app.add_typer(images.app, name="image")
 app.add_typer(system.app, name="system")

@@ -61,6 +61,15 @@ class Driver:
     def changes(self, store: "Store", container: "Container", image: "Image") -> list["Change"]:
         raise NotImplementedError
 
+    def host_processes(self, store: "Store", container: "Container") -> list[int]:
+        """The host processes a running container is made of (`ctr stats`): every member of
+        its mount namespaces."""
+        from ctr import monitor
+
+        return monitor.container_processes(container.id)
+
+    tasks_visible = True  # host_processes are the container's tasks (a VM's are in its guest)
+
     def cleanup(self, store: "Store", container: "Container") -> None:
         from ctr import proc
 

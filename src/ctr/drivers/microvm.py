@@ -262,6 +262,16 @@ class MicroVMDriver(OverlayDriver):
         _kill_recorded(store.container_path(container.id, VM_DIR))
         super().cleanup(store, container)
 
+    tasks_visible = False  # the container's tasks are the guest's; the host sees its qemu
+
+    def host_processes(self, store, container: Container) -> list[int]:
+        """The VM's qemu: what the container costs the host."""
+        from ctr import proc
+
+        info = _read_json(store.container_path(container.id, VM_DIR) / "qemu.pid")
+        pid, start = info.get("pid"), info.get("start")
+        return [pid] if isinstance(pid, int) and proc.pid_alive(pid, start) else []
+
     def exec_in(self, store, container: Container, launch: Launch, detach: bool = False) -> int:
         """`ctr exec` into the running container: `launch` (the engine's exec plan: argv, env,
         cwd, user, stdin) runs in the guest through a free exec slot; returns its exit code,

@@ -148,6 +148,11 @@ class SandboxDriver(OverlayDriver):
         if image.builtin:
             (ctr_dir / "hostroot").mkdir(mode=0o755)
 
+    def host_processes(self, store, container: Container) -> list[int]:
+        """The container's processes without ctr's relay (its recorded pid, outside the
+        container's pid namespace)."""
+        return [p for p in super().host_processes(store, container) if p != container.pid]
+
     def launch(self, store, container: Container, image: Image) -> Launch:
         """Create the container's cgroup (removed by the janitor when the container ends, and
         by `rm` after a crash), record how it is confined, and return the plan."""
