@@ -50,8 +50,7 @@ def stats(
                 except NotFound:
                     pass  # removed meanwhile: no longer shown
             return found
-        return [ce.reconcile(ctx(), c) for c in ce.list_containers(ctx(), all=all)
-                if all or c.state == "running"]
+        return ce.list_containers(ctx(), all=all)  # (reconciled: a dead one is not running)
 
     before = {u.id: u for u in es.sample(ctx(), current())}
     clear = not no_stream and sys.stdout.isatty()
