@@ -144,6 +144,29 @@ def test_stats_shows_the_vm_as_the_host_pays_for_it(box):
     assert (row["PIDs"], row["Tasks"], row["NetIO"]) == ("--", None, "--"), row
 
 
+def test_pause_freezes_the_vm(box):
+    """pause freezes the VM's qemu (the freezer, as any container's processes): it takes no
+    CPU, exec is refused; after unpause the guest carries on where it stood."""
+    ctr = box["ctr"]
+    spec = json.loads((ctr.root / "containers" / box["id"] / "microvm.json").read_text())
+    qemu = json.loads((Path(spec["run_dir"]) / "qemu.pid").read_text())["pid"]
+
+    def ticks() -> int:
+        fields = Path(f"/proc/{qemu}/stat").read_bytes().rpartition(b")")[2].split()
+        return int(fields[11]) + int(fields[12])
+
+    assert ctr.ok("pause", "ex") == "ex\n"
+    try:
+        a = ticks()
+        time.sleep(0.5)
+        assert ticks() == a
+        r = _exec(box, "ex", "true")
+        assert r.code == 125 and "is paused" in r.err, r
+    finally:
+        ctr.ok("unpause", "ex")
+    assert _exec(box, "ex", "echo", "back").out == "back\n"
+
+
 def _popen_exec(box, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ctr", "exec", *args], env=box["ctr"].env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

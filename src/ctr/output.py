@@ -448,16 +448,17 @@ def binary_size(n: float) -> str:
 
 
 def status_text(state: str, exit_code: int | None, started: str | None, finished: str | None,
-                relative: bool = True) -> str:
+                relative: bool = True, paused: bool = False) -> str:
     """docker's STATUS column: 'Up 3 seconds', 'Exited (0) 2 minutes ago', 'Created'. With
     relative=False (json/yaml: relative times are for tables only) the times are absolute:
     'Up since 2024-05-01T10:00:00Z', 'Exited (0) at 2024-05-01T10:00:03Z'."""
     if state == "running":
         if not relative:
-            return f"Up since {started}" if started else "Up"
-        t = epoch(started)
-        secs = time.time() - t if t is not None else 0
-        return "Up " + human_duration(secs)
+            up = f"Up since {started}" if started else "Up"
+        else:
+            t = epoch(started)
+            up = "Up " + human_duration(time.time() - t if t is not None else 0)
+        return up + " (Paused)" if paused else up
     if state == "exited":
         code = "?" if exit_code is None else exit_code
         when = ago(finished) if relative else (f"at {finished}" if finished else "")

@@ -32,6 +32,9 @@ def container(raw: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(r.pop("config", None) or {})
     status = r.pop("state", "")
     running = status == "running"
+    paused = bool(r.pop("paused", False))
+    if paused:
+        status = "paused"  # docker's: Status paused, Running and Paused both true
     command = list(cfg.pop("command", None) or [])
     pid, monitor = r.pop("pid", None), r.pop("monitor_pid", None)
     exit_code = r.pop("exit_code", None)
@@ -51,7 +54,7 @@ def container(raw: dict[str, Any]) -> dict[str, Any]:
         "State": {
             "Status": status,
             "Running": running,
-            "Paused": False,
+            "Paused": paused,
             "Restarting": False,
             "OOMKilled": False,
             "Dead": False,

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
     app.command("restart")(restart)
     app.command("top", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(top)
     app.command("kill")(kill)
+    app.command("pause")(pause)
+    app.command("unpause")(unpause)
     app.command("wait")(wait)
     app.command("exec", context_settings=CONTEXT)(exec_)
 
@@ -153,6 +155,28 @@ def kill(
     sig = lifecycle.parse_signal(signal)
     refs = _refs(containers, latest)
     _print_refs(lifecycle.for_each(refs, lambda r: (lifecycle.kill(ctx(), r, sig).id, None)))
+
+
+def pause(
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=container_completer("running")),
+    latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
+) -> None:
+    """Pause every process of running containers (the cgroup freezer) until `unpause`."""
+    from ctr.engine import lifecycle
+
+    _print_refs(lifecycle.for_each(_refs(containers, latest), lambda r: (lifecycle.pause(ctx(), r).id, None)))
+
+
+def unpause(
+    containers: Optional[List[str]] = typer.Argument(None, help=REFS_HELP,
+                                                     autocompletion=container_completer("running")),
+    latest: bool = typer.Option(False, "--latest", "-l", help=LATEST_HELP),
+) -> None:
+    """Resume the processes of paused containers."""
+    from ctr.engine import lifecycle
+
+    _print_refs(lifecycle.for_each(_refs(containers, latest), lambda r: (lifecycle.unpause(ctx(), r).id, None)))
 
 
 def wait(

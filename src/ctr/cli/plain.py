@@ -99,7 +99,7 @@ def _write_cidfile(path: str, cid: str) -> None:
         raise Conflict(f"cannot write the container ID file {path}: {e.strerror}") from None
 
 
-def _ps_item(c) -> dict:
+def _ps_item(c, paused: bool = False) -> dict:
     """The raw record `ps --format json|yaml` prints: full ids, ISO-8601 times (no relative ones), arrays."""
     from ctr import output
 
@@ -112,8 +112,8 @@ def _ps_item(c) -> dict:
         "Created": c.created,
         "StartedAt": c.started,
         "ExitedAt": c.finished,
-        "State": c.state,
-        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=False),
+        "State": "paused" if paused else c.state,
+        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=False, paused=paused),
         "ExitCode": c.exit_code,
         "Pid": c.pid if c.state == "running" else 0,
         "Isolation": c.isolation,
@@ -128,7 +128,7 @@ PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "Cre
               "Isolation": "ISOLATION", "Driver": "DRIVER", "ExitCode": "EXIT CODE", "Labels": "LABELS"}
 
 
-def _ps_view(c, item: dict, no_trunc: bool):
+def _ps_view(c, item: dict, no_trunc: bool, paused: bool = False):
     """What `ps --format '{{.Field}}'` sees: docker's fields (ID short, Names and Command as
     strings, RunningFor, Status) over the raw item; `{{json .}}` prints the raw item."""
     from ctr import output
@@ -143,7 +143,7 @@ def _ps_view(c, item: dict, no_trunc: bool):
         "Command": f'"{cmd}"',
         "CreatedAt": output.docker_time(c.created),
         "RunningFor": output.ago(c.created),
-        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=True),
+        "Status": output.status_text(c.state, c.exit_code, c.started, c.finished, relative=True, paused=paused),
         "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.config.labels.items())),
     }, PS_HEADERS)
 
@@ -177,8 +177,10 @@ def _filter(cs, filters: List[str]):
                 ok = any(c.id.startswith(v) for v in values)
             elif key == "name":
                 ok = any(v in c.name for v in values)
-            elif key == "status":
-                ok = c.state in values
+            elif key == "status":  # as docker's: a paused container's status is `paused`
+                from ctr.engine.containers import is_paused
+
+                ok = ("paused" if is_paused(c) else c.state) in values
             elif key == "ancestor":
                 ok = c.image in ancestors or c.image_name in values
             elif key == "exited":
@@ -215,7 +217,8 @@ def ps(all: bool = False, quiet: bool = False, last: int = -1, latest: bool = Fa
         for c in cs:
             print(c.id if no_trunc else short(c.id))
         return
-    items = [_ps_item(c) for c in cs]
+    paused = {c.id for c in cs if ce.is_paused(c)}
+    items = [_ps_item(c, c.id in paused) for c in cs]
     rows = []
     for c, it in zip(cs, items):
         cmd = " ".join(c.config.command)
@@ -223,10 +226,11 @@ def ps(all: bool = False, quiet: bool = False, last: int = -1, latest: bool = Fa
             cmd = cmd[:19] + "…"
         drv = c.driver + (" (emulated)" if c.emulated else "")
         rows.append([c.id if no_trunc else short(c.id), c.image_name, f'"{cmd}"', output.ago(c.created),
-                     output.status_text(c.state, c.exit_code, c.started, c.finished), c.name, c.isolation, drv])
+                     output.status_text(c.state, c.exit_code, c.started, c.finished, paused=c.id in paused),
+                     c.name, c.isolation, drv])
     output.emit(format, items, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES",
                                 "ISOLATION", "DRIVER"], rows,
-                views=[_ps_view(c, it, no_trunc) for c, it in zip(cs, items)], view_headers=PS_HEADERS)
+                views=[_ps_view(c, it, no_trunc, c.id in paused) for c, it in zip(cs, items)], view_headers=PS_HEADERS)
 
 
 def _refs(refs: Optional[List[str]], latest: bool) -> List[str]:

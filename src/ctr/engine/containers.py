@@ -440,9 +440,20 @@ def _image_of(ctx: Context, c: Container) -> Image:
     return get_image(ctx, c.image)
 
 
+def is_paused(c: Container) -> bool:
+    """Whether the running container is paused (`ctr pause`): the kernel's word, not a record's."""
+    if c.state != State.RUNNING.value:
+        return False
+    from ctr import freezer
+
+    return freezer.is_frozen(c.id)
+
+
 def inspect(ctx: Context, ref: str) -> dict:
     c = get_container(ctx, ref)
     d = c.to_dict()
+    if is_paused(c):
+        d["paused"] = True
     d["paths"] = {"dir": str(ctx.store.container_dir(c.id))}
     from ctr.drivers import get_driver
 
@@ -495,6 +506,9 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
         if not force:
             raise Conflict(f"cannot remove running container {ref}",
                            hint="stop it first, or use `ctr rm -f`")
+        from ctr import freezer
+
+        freezer.thaw(c.id)  # a paused container takes no signal, SIGKILL included
         _kill_and_wait(c.pid, c.pid_start)
     from ctr.engine.lifecycle import terminate
 
@@ -515,6 +529,12 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
     try:
         get_driver(c.isolation, c.driver).cleanup(ctx.store, c)
     except CtrError:
+        pass
+    from ctr import freezer
+
+    try:
+        freezer.remove(c.id)  # the group `pause` made, if any
+    except OSError:
         pass
     ctx.store.discard_container(c.id)
     return c.id

@@ -176,6 +176,48 @@ def kill(ctx: Context, ref: str, sig: int) -> Container:
     c = get_container(ctx, ref)
     if c.state != State.RUNNING.value or not monitor.send_signal(c.pid, c.pid_start, sig):
         raise Conflict(f"container {ref} is not running")
+    _take_signal(c)
+    return c
+
+
+def _take_signal(c: Container) -> None:
+    """A paused container is thawed once a signal is sent to it, so that it takes it (as
+    docker's kill and stop do): frozen tasks act on no signal, SIGKILL included."""
+    from ctr import freezer
+
+    if freezer.is_frozen(c.id):
+        freezer.thaw(c.id)
+
+
+# ----------------------------------------------------------------------------- pause
+def pause(ctx: Context, ref: str) -> Container:
+    """docker's `pause`: every process of the running container stops where it stands (the
+    cgroup freezer: ctr.freezer) until `unpause`."""
+    from ctr import freezer
+
+    c = reconcile(ctx, get_container(ctx, ref))
+    if c.state != State.RUNNING.value:
+        raise Conflict(f"container {ref} is not running")
+    if freezer.is_frozen(c.id):
+        raise Conflict(f"container {ref} is already paused", hint=f"resume it with `ctr unpause {ref}`")
+    driver = get_driver(c.isolation, c.driver)
+    try:
+        freezer.freeze(c.id, lambda: driver.host_processes(ctx.store, c))
+    except (OSError, RuntimeError) as e:
+        raise DriverError(f"cannot pause container {ref}: {e}") from None
+    return c
+
+
+def unpause(ctx: Context, ref: str) -> Container:
+    from ctr import freezer
+
+    c = reconcile(ctx, get_container(ctx, ref))
+    if c.state != State.RUNNING.value or not freezer.is_frozen(c.id):
+        raise Conflict(f"container {ref} is not paused")
+    try:
+        freezer.thaw(c.id)
+    except OSError as e:
+        raise DriverError(f"cannot unpause container {ref}: {e}") from None
     return c
 
 
@@ -187,10 +229,12 @@ def stop(ctx: Context, ref: str, timeout: float = STOP_TIMEOUT) -> Container:
         return c
     if timeout > 0:
         monitor.send_signal(c.pid, c.pid_start, signal.SIGTERM)
+        _take_signal(c)
         done = wait_stopped(ctx, c, timeout)
         if done is None or done.state != State.RUNNING.value:
             return done or c
     monitor.send_signal(c.pid, c.pid_start, signal.SIGKILL)
+    _take_signal(c)
     done = wait_stopped(ctx, c, KILL_WAIT)
     if done is not None and done.state == State.RUNNING.value:
         raise CtrError(f"container {ref} did not stop within {timeout + KILL_WAIT:g}s of being killed",
@@ -277,6 +321,7 @@ def terminate(ctx: Context, c: Container) -> None:
     pids = monitor.container_processes(c.id)
     if proc.pid_alive(c.pid, c.pid_start) and c.pid not in pids:
         pids.append(c.pid)  # type: ignore[arg-type]
+    _take_signal(c)
     monitor.kill_processes(pids)
     if c.monitor_pid == os.getpid():
         return
@@ -429,6 +474,10 @@ def exec_(ctx: Context, ref: str, opts: ExecOptions) -> int:
                               hint=f"run the command as the container's own: `ctr run --isolation {c.isolation} ...`")
     if c.state != State.RUNNING.value or not proc.pid_alive(c.pid, c.pid_start):
         raise Conflict(f"container {ref} is not running", hint=f"start it with `ctr start {ref}`")
+    from ctr.engine.containers import is_paused
+
+    if is_paused(c):
+        raise Conflict(f"container {ref} is paused", hint=f"unpause it first: `ctr unpause {ref}`")
     if driver_exec is not None:
         return driver_exec(ctx.store, c, launch, detach=opts.detach)
     try:
