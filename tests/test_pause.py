@@ -97,3 +97,42 @@ def test_pause_refuses_what_is_not_running(ctr, busybox_image):
         assert "container c is not" in r.err and "no such container: nosuch" in r.err, r
     r = ctr("pause")
     assert r.code == 2 and "requires at least one container" in r.err, r
+
+
+@needs_root
+@pytest.mark.parametrize("version", [1, 2])
+def test_freezer_hierarchies(monkeypatch, version):
+    """Both ways of freezing, each on the hierarchy of its version this host mounts (the CLI
+    tests above use the one ctr picks: v1 where there is one), on a real spinning process."""
+    import secrets
+    import subprocess
+
+    from ctr import cgroups, freezer
+
+    found = cgroups.detect()
+    h = next((freezer.Hierarchy(1, os.path.join(x.mount, x.own)) for x in found
+              if x.version == 1 and "freezer" in x.controllers and x.writable), None) if version == 1 else \
+        next((freezer.Hierarchy(2, x.mount) for x in found if x.version == 2 and x.writable), None)
+    if h is None:
+        pytest.skip(f"this host has no writable cgroup v{version} hierarchy to freeze in")
+    monkeypatch.setattr(freezer, "_found", [h])
+    cid = secrets.token_hex(32)
+    spinner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        freezer.freeze(cid, lambda: [spinner.pid])
+        assert freezer.is_frozen(cid)
+        with open(os.path.join(freezer.group(cid), "cgroup.procs")) as f:
+            assert f.read().split() == [str(spinner.pid)]
+        a = _cpu_ticks(spinner.pid)
+        time.sleep(0.4)
+        assert _cpu_ticks(spinner.pid) == a
+        freezer.thaw(cid)
+        assert not freezer.is_frozen(cid)
+        time.sleep(0.4)
+        assert _cpu_ticks(spinner.pid) > a
+    finally:
+        freezer.thaw(cid)
+        spinner.kill()
+        spinner.wait()
+        freezer.remove(cid)
+    assert not os.path.exists(freezer.group(cid))
