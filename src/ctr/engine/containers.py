@@ -508,7 +508,10 @@ def _remove_one(ctx: Context, ref: str, force: bool) -> str:
                            hint="stop it first, or use `ctr rm -f`")
         from ctr import freezer
 
-        freezer.thaw(c.id)  # a paused container takes no signal, SIGKILL included
+        try:
+            freezer.thaw(c.id)  # a paused container takes no signal, SIGKILL included
+        except OSError:
+            pass  # then the kill below says what is wrong
         _kill_and_wait(c.pid, c.pid_start)
     from ctr.engine.lifecycle import terminate
 
