@@ -268,13 +268,13 @@ def create(p: Plan) -> None:
                         if attempt == 4:
                             raise
             else:
-                _write(step[1], step[2])
+                write_file(step[1], step[2])
     except OSError:
         remove(p.groups)
         raise
 
 
-def _write(path: str, value: str) -> None:
+def write_file(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -299,7 +299,7 @@ def remove(groups: list[str], timeout: float = 5.0) -> list[str]:
         while True:
             try:
                 os.rmdir(g)
-                _remove_parent(g)
+                remove_parent(g)
                 break
             except FileNotFoundError:
                 break
@@ -316,7 +316,8 @@ def remove(groups: list[str], timeout: float = 5.0) -> list[str]:
     return left
 
 
-def _remove_parent(group: str) -> None:
+def remove_parent(group: str) -> None:
+    """Delete a group's shared `ctr` parent once no container has a group in it."""
     parent = os.path.dirname(group.rstrip("/"))
     if os.path.basename(parent) == "ctr":
         try:

@@ -20,6 +20,8 @@ import errno
 import os
 import time
 
+from ctr import cgroups
+
 TYPE_CHECKING = False  # (not typing's: importing it costs ~3 ms)
 if TYPE_CHECKING:
     from typing import Callable
@@ -48,8 +50,6 @@ _found: list[Hierarchy | None] = []  # looked up once (ps asks for every running
 def hierarchy() -> Hierarchy | None:
     """The writable v1 freezer hierarchy (this process's group in it), else the writable v2 one."""
     if not _found:
-        from ctr import cgroups
-
         found = cgroups.detect()
         _found.append(next((Hierarchy(1, os.path.join(h.mount, h.own)) for h in found
                             if h.version == 1 and "freezer" in h.controllers and h.writable), None)
@@ -91,7 +91,7 @@ def freeze(cid: str, processes: Callable[[], list[int]]) -> None:
             for attempt in range(2):
                 try:
                     os.makedirs(g, exist_ok=True)
-                    _write(os.path.join(g, "cgroup.procs"), str(pid))
+                    cgroups.write_file(os.path.join(g, "cgroup.procs"), str(pid))
                 except ProcessLookupError:
                     pass  # ended meanwhile
                 except FileNotFoundError:
@@ -101,7 +101,7 @@ def freeze(cid: str, processes: Callable[[], list[int]]) -> None:
                 break
             moved.add(pid)
     try:
-        _write(os.path.join(g, h.state_file), h.frozen)
+        cgroups.write_file(os.path.join(g, h.state_file), h.frozen)
         deadline = time.monotonic() + FREEZE_TIMEOUT
         while not h.done(g):
             if time.monotonic() >= deadline:
@@ -115,7 +115,7 @@ def freeze(cid: str, processes: Callable[[], list[int]]) -> None:
 def thaw(cid: str) -> None:
     h, g = hierarchy(), group(cid)
     if h is not None and g is not None and os.path.isdir(g):
-        _write(os.path.join(g, h.state_file), h.thawed)
+        cgroups.write_file(os.path.join(g, h.state_file), h.thawed)
 
 
 def remove(cid: str) -> None:
@@ -130,18 +130,7 @@ def remove(cid: str) -> None:
         if e.errno not in (errno.ENOENT, errno.EBUSY):
             raise
         return
-    try:
-        os.rmdir(os.path.dirname(g))  # the shared `ctr` group, once no container has one in it
-    except OSError:
-        pass
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+    cgroups.remove_parent(g)
 
 
 def _read(path: str) -> str:

@@ -62,8 +62,8 @@ class Driver:
         raise NotImplementedError
 
     def host_processes(self, store: "Store", container: "Container") -> list[int]:
-        """The host processes a running container is made of (`ctr stats`): every member of
-        its mount namespaces."""
+        """The host processes a running container is made of (`top`, `stats`, `pause`): every
+        member of its mount namespaces."""
         from ctr import monitor
 
         return monitor.container_processes(container.id)

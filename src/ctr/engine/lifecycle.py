@@ -341,7 +341,7 @@ def top(ctx: Context, ref: str, ps_args: list[str]) -> list[str]:
     if c.driver == "microvm":
         raise DriverError("top cannot see into the utility VM of a microvm container",
                           hint=f"run ps in it: `ctr exec {ref} ps`")
-    pids = {str(p) for p in monitor.container_processes(c.id) if not (c.isolation == "hyperv" and p == c.pid)}
+    pids = {str(p) for p in get_driver(c.isolation, c.driver).host_processes(ctx.store, c)}
     done = proc.run(["ps", *(ps_args or ["-ef"])], check=False)
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
