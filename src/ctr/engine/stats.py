@@ -43,13 +43,13 @@ def sample(ctx: Context, containers: list[Container]) -> list[Usage]:
     own_net = _net_ns(os.getpid())
     out = []
     for c in containers:
-        limit = c.config.memory or host_memory
         if c.state != State.RUNNING.value:
             out.append(Usage(c.id, c.name, False, memory_limit=0, tasks=0, taken=time.monotonic()))
             continue
         driver = get_driver(c.isolation, c.driver)
         pids = driver.host_processes(ctx.store, c)
-        u = Usage(c.id, c.name, True, memory_limit=limit, tasks=0 if driver.tasks_visible else None)
+        u = Usage(c.id, c.name, True, memory_limit=c.config.memory or host_memory,
+                  tasks=0 if driver.tasks_visible else None)
         for pid in pids:
             _add_process(u, pid)
         if driver.tasks_visible and pids:
